@@ -1,0 +1,310 @@
+//! The engine's outputs: alerts and journey summaries, their scoring, ids and wire forms.
+//!
+//! An alert says what happened (`type`), where (`journey`, `step`, `touchpoint`), to whom
+//! (`profile_id`, `customer_id`, `segment`, `tier`), why it matters (`score`, `factors`,
+//! `severity`) and shows the `evidence` (event ids). Ids are deterministic hashes of what
+//! the alert is about, so replaying the same input gives the same ids.
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::config::ScoringSection;
+use crate::event::{format_millis, label_enum, Channel, Millis, SurveyKind};
+use crate::proto;
+
+label_enum!(
+    /// What an alert is about: a drop-off or one of the friction detectors.
+    AlertType {
+        DropOff => "drop_off", RepeatedError => "repeated_error", StepLoop => "step_loop",
+        ChannelEscalation => "channel_escalation", RepeatContact => "repeat_contact",
+        SlowStep => "slow_step", NegativeFeedback => "negative_feedback", RageClick => "rage_click",
+    }
+);
+
+impl AlertType {
+    pub fn kind(self) -> AlertKind {
+        match self {
+            AlertType::DropOff => AlertKind::DropOff,
+            _ => AlertKind::Friction,
+        }
+    }
+
+    /// This type's bit in an instance's "already fired" mask.
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    /// Default weight in the alert score: how much this kind of breakdown usually matters.
+    fn default_weight(self) -> f64 {
+        match self {
+            AlertType::DropOff => 2.0,
+            AlertType::RepeatedError => 1.5,
+            AlertType::StepLoop => 1.0,
+            AlertType::ChannelEscalation => 2.0,
+            AlertType::RepeatContact => 2.0,
+            AlertType::SlowStep => 1.0,
+            AlertType::NegativeFeedback => 2.0,
+            AlertType::RageClick => 1.0,
+        }
+    }
+
+    /// The types whose bits are set in `mask`.
+    pub fn from_mask(mask: u8) -> impl Iterator<Item = AlertType> {
+        AlertType::ALL.iter().copied().filter(move |t| mask & t.bit() != 0)
+    }
+}
+
+label_enum!(AlertKind { Friction => "friction", DropOff => "drop_off" });
+label_enum!(Severity { Low => "low", Medium => "medium", High => "high", Critical => "critical" });
+label_enum!(
+    /// How a journey instance ended.
+    JourneyOutcome { Completed => "completed", Abandoned => "abandoned", Expired => "expired" }
+);
+
+/// Why an alert scored what it did: score = type_weight x step_weight x tier_multiplier.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScoreFactors {
+    pub type_weight: f64,
+    pub step_weight: f64,
+    pub tier_multiplier: f64,
+}
+
+/// Turns alert type, step weight and tier into a score and a severity, per `[scoring]`.
+#[derive(Debug, Clone)]
+pub struct Scorer {
+    type_weight: [f64; 8],
+    tiers: Vec<(String, f64)>,
+    thresholds: crate::config::SeverityThresholds,
+}
+
+impl Scorer {
+    pub fn new(cfg: &ScoringSection) -> Self {
+        let mut type_weight = [0.0; 8];
+        for t in AlertType::ALL {
+            type_weight[*t as usize] = cfg.type_weight.get(t.as_str()).copied().unwrap_or(t.default_weight());
+        }
+        Scorer {
+            type_weight,
+            tiers: cfg.tier_multiplier.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            thresholds: cfg.severity,
+        }
+    }
+
+    pub fn score(&self, t: AlertType, step_weight: f64, tier: &str) -> (f64, ScoreFactors, Severity) {
+        let tier_multiplier = self.tiers.iter().find(|(k, _)| k == tier).map_or(1.0, |(_, v)| *v);
+        let factors = ScoreFactors { type_weight: self.type_weight[t as usize], step_weight, tier_multiplier };
+        let score = factors.type_weight * factors.step_weight * factors.tier_multiplier;
+        let th = &self.thresholds;
+        let severity = if score >= th.critical {
+            Severity::Critical
+        } else if score >= th.high {
+            Severity::High
+        } else if score >= th.medium {
+            Severity::Medium
+        } else {
+            Severity::Low
+        };
+        (score, factors, severity)
+    }
+}
+
+/// A deterministic id from the parts that identify what an output is about.
+pub fn stable_id(parts: &[&[u8]]) -> String {
+    let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for p in parts {
+        buf.extend_from_slice(p);
+        buf.push(0x1f);
+    }
+    format!("{:032x}", xxh3_128(&buf))
+}
+
+mod rfc3339 {
+    use super::*;
+    pub(super) fn serialize<S: serde::Serializer>(t: &Millis, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_millis(*t))
+    }
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::decode::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A friction or drop-off alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub alert_id: String,
+    pub kind: AlertKind,
+    #[serde(rename = "type")]
+    pub alert_type: AlertType,
+    pub severity: Severity,
+    pub score: f64,
+    pub factors: ScoreFactors,
+    pub profile_id: String,
+    /// Empty while the profile is anonymous.
+    pub customer_id: String,
+    /// Empty for repeat_contact and for friction outside any journey.
+    pub journey: String,
+    pub journey_instance_id: String,
+    /// drop_off: the furthest step; slow_step: the step over its SLA; otherwise the triggering
+    /// touchpoint when it is a step of the journey, else empty.
+    pub step: String,
+    /// The touchpoint of the triggering event (for timers: the step).
+    pub touchpoint: String,
+    pub channels: Vec<Channel>,
+    #[serde(with = "rfc3339")]
+    pub occurred_at: Millis,
+    pub evidence: Vec<String>,
+    pub segment: String,
+    pub tier: String,
+}
+
+/// Time spent on one step of a journey instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTiming {
+    pub step: String,
+    #[serde(with = "rfc3339")]
+    pub first_entered_at: Millis,
+    pub entries: u32,
+    /// From first entry to the first entry of the next step reached, when there is one.
+    pub seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SurveyScore {
+    pub kind: SurveyKind,
+    pub score: i32,
+    pub event_id: String,
+}
+
+/// The record of one journey instance, emitted when it completes or is abandoned (and again,
+/// with `revision` + 1, when a survey answer attaches to it afterwards).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JourneySummary {
+    pub journey_instance_id: String,
+    pub journey: String,
+    pub profile_id: String,
+    pub customer_id: String,
+    pub outcome: JourneyOutcome,
+    #[serde(with = "rfc3339")]
+    pub started_at: Millis,
+    #[serde(with = "rfc3339")]
+    pub ended_at: Millis,
+    pub furthest_step: String,
+    pub steps: Vec<StepTiming>,
+    pub channels: Vec<Channel>,
+    /// The friction detectors (and drop_off) that fired on this instance.
+    pub friction: Vec<AlertType>,
+    pub surveys: Vec<SurveyScore>,
+    /// The latest `value` seen on the instance's activity (e.g. basket or order value).
+    pub value: Option<f64>,
+    pub segment: String,
+    pub tier: String,
+    pub revision: u32,
+}
+
+/// Everything the engine emits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Output {
+    Alert(Alert),
+    Journey(JourneySummary),
+}
+
+fn ts(ms: Millis) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 })
+}
+
+fn labels(c: &[Channel]) -> Vec<String> {
+    c.iter().map(|c| c.as_str().to_string()).collect()
+}
+
+impl Alert {
+    pub fn to_proto(&self) -> proto::Alert {
+        proto::Alert {
+            alert_id: self.alert_id.clone(),
+            kind: self.kind.as_str().into(),
+            r#type: self.alert_type.as_str().into(),
+            severity: self.severity.as_str().into(),
+            score: self.score,
+            factors: Some(proto::ScoreFactors {
+                type_weight: self.factors.type_weight,
+                step_weight: self.factors.step_weight,
+                tier_multiplier: self.factors.tier_multiplier,
+            }),
+            profile_id: self.profile_id.clone(),
+            customer_id: self.customer_id.clone(),
+            journey: self.journey.clone(),
+            journey_instance_id: self.journey_instance_id.clone(),
+            step: self.step.clone(),
+            channels: labels(&self.channels),
+            occurred_at: ts(self.occurred_at),
+            evidence: self.evidence.clone(),
+            segment: self.segment.clone(),
+            tier: self.tier.clone(),
+            touchpoint: self.touchpoint.clone(),
+        }
+    }
+}
+
+impl JourneySummary {
+    pub fn to_proto(&self) -> proto::JourneySummary {
+        proto::JourneySummary {
+            journey_instance_id: self.journey_instance_id.clone(),
+            journey: self.journey.clone(),
+            profile_id: self.profile_id.clone(),
+            customer_id: self.customer_id.clone(),
+            outcome: self.outcome.as_str().into(),
+            started_at: ts(self.started_at),
+            ended_at: ts(self.ended_at),
+            furthest_step: self.furthest_step.clone(),
+            steps: self
+                .steps
+                .iter()
+                .map(|s| proto::StepTiming {
+                    step: s.step.clone(),
+                    first_entered_at: ts(s.first_entered_at),
+                    entries: s.entries,
+                    seconds: s.seconds,
+                })
+                .collect(),
+            channels: labels(&self.channels),
+            friction: self.friction.iter().map(|f| f.as_str().to_string()).collect(),
+            surveys: self
+                .surveys
+                .iter()
+                .map(|s| proto::SurveyScore { kind: s.kind.as_str().into(), score: s.score, event_id: s.event_id.clone() })
+                .collect(),
+            value: self.value.unwrap_or(0.0),
+            segment: self.segment.clone(),
+            tier: self.tier.clone(),
+            revision: self.revision,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_multiplies_factors_and_maps_to_severity() {
+        let mut cfg = ScoringSection::default();
+        cfg.tier_multiplier.insert("gold".into(), 1.5);
+        let s = Scorer::new(&cfg);
+        let (score, f, sev) = s.score(AlertType::DropOff, 3.0, "gold");
+        assert_eq!((f.type_weight, f.step_weight, f.tier_multiplier), (2.0, 3.0, 1.5));
+        assert_eq!(score, 9.0);
+        assert_eq!(sev, Severity::Critical);
+        assert_eq!(s.score(AlertType::RageClick, 1.0, "").2, Severity::Low);
+        assert_eq!(s.score(AlertType::RepeatedError, 1.0, "").2, Severity::Medium);
+        assert_eq!(s.score(AlertType::DropOff, 1.0, "silver").2, Severity::Medium);
+        assert_eq!(s.score(AlertType::DropOff, 1.5, "").2, Severity::High);
+    }
+
+    #[test]
+    fn stable_ids_depend_on_parts_and_their_boundaries() {
+        assert_eq!(stable_id(&[b"a", b"bc"]), stable_id(&[b"a", b"bc"]));
+        assert_ne!(stable_id(&[b"a", b"bc"]), stable_id(&[b"ab", b"c"]));
+        assert_eq!(stable_id(&[b"x"]).len(), 32);
+    }
+}

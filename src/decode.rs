@@ -1,0 +1,567 @@
+//! Decoding interaction events from JSON or binary protobuf, with validation.
+//!
+//! Decoding never panics: any input bytes give either an [`Event`] or a [`Reject`] that says
+//! what was wrong and where. Unknown JSON fields are ignored; unknown channel and action
+//! labels map to `other` and are flagged on the event so they can be counted.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use compact_str::CompactString;
+use prost::Message;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::event::{Action, Channel, Event, Millis, Outcome, Survey, SurveyKind};
+use crate::proto;
+
+/// Longest accepted id (event, customer, anonymous, identity value).
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest accepted free-text field (touchpoint, error code, segment, tier, attribute).
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Most entries accepted in `identities`.
+pub const MAX_IDENTITIES: usize = 16;
+/// Most entries accepted in `attributes`.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Largest accepted encoded event.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// The wire format of an input message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Json,
+    Protobuf,
+    /// Per message: JSON when the first non-blank byte is `{`, protobuf otherwise.
+    /// (`{` would be a protobuf group tag, which no producer of ours writes.)
+    Auto,
+}
+
+/// Why an input was rejected: a small, stable set of labels (safe as a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    InvalidJson,
+    InvalidProtobuf,
+    MissingField,
+    InvalidTimestamp,
+    InvalidValue,
+    Oversized,
+    NoIdentifier,
+}
+
+impl RejectReason {
+    pub const ALL: &'static [RejectReason] = &[
+        RejectReason::InvalidJson,
+        RejectReason::InvalidProtobuf,
+        RejectReason::MissingField,
+        RejectReason::InvalidTimestamp,
+        RejectReason::InvalidValue,
+        RejectReason::Oversized,
+        RejectReason::NoIdentifier,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::InvalidProtobuf => "invalid_protobuf",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::InvalidTimestamp => "invalid_timestamp",
+            RejectReason::InvalidValue => "invalid_value",
+            RejectReason::Oversized => "oversized",
+            RejectReason::NoIdentifier => "no_identifier",
+        }
+    }
+}
+
+/// A rejected input: a bounded reason label plus a precise, human-readable detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct Reject {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Reject {
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Reject { reason, detail: detail.into() }
+    }
+}
+
+/// Decodes one message in the given format.
+pub fn decode(bytes: &[u8], format: Format) -> Result<Event, Reject> {
+    match format {
+        Format::Json => decode_json(bytes),
+        Format::Protobuf => decode_protobuf(bytes),
+        Format::Auto => match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => decode_json(bytes),
+            _ => decode_protobuf(bytes),
+        },
+    }
+}
+
+/// The fields of an event as they arrive, before validation (shared by both formats).
+struct Raw<'a> {
+    event_id: Cow<'a, str>,
+    occurred_at: Result<Millis, Reject>,
+    customer_id: Cow<'a, str>,
+    anonymous_id: Cow<'a, str>,
+    identities: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    channel: Cow<'a, str>,
+    touchpoint: Cow<'a, str>,
+    action: Cow<'a, str>,
+    outcome: Cow<'a, str>,
+    error_code: Cow<'a, str>,
+    survey: Option<(Cow<'a, str>, i64)>,
+    value: Option<f64>,
+    segment: Cow<'a, str>,
+    tier: Cow<'a, str>,
+    element: Cow<'a, str>,
+    attribute_count: usize,
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), Reject> {
+    if value.len() > max {
+        return Err(Reject::new(
+            RejectReason::Oversized,
+            format!("field `{field}` is {} bytes, the limit is {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn required(field: &str, value: Cow<'_, str>, max: usize) -> Result<CompactString, Reject> {
+    if value.is_empty() {
+        return Err(Reject::new(RejectReason::MissingField, format!("required field `{field}` is missing or empty")));
+    }
+    check_len(field, &value, max)?;
+    Ok(to_compact(value))
+}
+
+fn optional(field: &str, value: Cow<'_, str>, max: usize) -> Result<Option<CompactString>, Reject> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    check_len(field, &value, max)?;
+    Ok(Some(to_compact(value)))
+}
+
+fn to_compact(value: Cow<'_, str>) -> CompactString {
+    match value {
+        Cow::Borrowed(s) => CompactString::new(s),
+        Cow::Owned(s) => CompactString::from(s),
+    }
+}
+
+impl Raw<'_> {
+    fn validate(self) -> Result<Event, Reject> {
+        let event_id = required("event_id", self.event_id, MAX_ID_BYTES)?;
+        let occurred_at = self.occurred_at?;
+        let channel_label = required("channel", self.channel, MAX_TEXT_BYTES)?;
+        let touchpoint = required("touchpoint", self.touchpoint, MAX_TEXT_BYTES)?;
+        let action_label = required("action", self.action, MAX_TEXT_BYTES)?;
+        let customer_id = optional("customer_id", self.customer_id, MAX_ID_BYTES)?;
+        let anonymous_id = optional("anonymous_id", self.anonymous_id, MAX_ID_BYTES)?;
+        if self.identities.len() > MAX_IDENTITIES {
+            return Err(Reject::new(
+                RejectReason::Oversized,
+                format!("`identities` has {} entries, the limit is {MAX_IDENTITIES}", self.identities.len()),
+            ));
+        }
+        if self.attribute_count > MAX_ATTRIBUTES {
+            return Err(Reject::new(
+                RejectReason::Oversized,
+                format!("`attributes` has {} entries, the limit is {MAX_ATTRIBUTES}", self.attribute_count),
+            ));
+        }
+        let mut identities = Vec::with_capacity(self.identities.len());
+        for (kind, value) in self.identities {
+            check_len("identities key", &kind, MAX_TEXT_BYTES)?;
+            check_len(&format!("identities.{kind}"), &value, MAX_ID_BYTES)?;
+            if !value.is_empty() {
+                identities.push((to_compact(kind), to_compact(value)));
+            }
+        }
+        // Deterministic order whatever the producer's map order was.
+        identities.sort();
+        if customer_id.is_none() && anonymous_id.is_none() && identities.is_empty() {
+            return Err(Reject::new(
+                RejectReason::NoIdentifier,
+                "no identifier: need `customer_id`, `anonymous_id` or an entry of `identities`",
+            ));
+        }
+        let outcome = match &*self.outcome {
+            "" => None,
+            s => Some(Outcome::parse(s).ok_or_else(|| {
+                Reject::new(RejectReason::InvalidValue, format!("`outcome` is {s:?}; expected \"success\" or \"failure\""))
+            })?),
+        };
+        let survey = match self.survey {
+            None => None,
+            Some((kind, score)) => {
+                let kind = SurveyKind::parse(&kind).ok_or_else(|| {
+                    Reject::new(RejectReason::InvalidValue, format!("`survey.kind` is {kind:?}; expected nps, csat or ces"))
+                })?;
+                let (lo, hi) = kind.range();
+                if score < i64::from(lo) || score > i64::from(hi) {
+                    return Err(Reject::new(
+                        RejectReason::InvalidValue,
+                        format!("`survey.score` {score} is out of range for {kind} ({lo}-{hi})"),
+                    ));
+                }
+                Some(Survey { kind, score: score as i32 })
+            }
+        };
+        if let Some(v) = self.value {
+            if !v.is_finite() {
+                return Err(Reject::new(RejectReason::InvalidValue, "`value` must be a finite number"));
+            }
+        }
+        let channel = Channel::parse(&channel_label);
+        let action = Action::parse(&action_label);
+        Ok(Event {
+            event_id,
+            occurred_at,
+            customer_id,
+            anonymous_id,
+            identities,
+            channel: channel.unwrap_or(Channel::Other),
+            touchpoint,
+            action: action.unwrap_or(Action::Other),
+            outcome,
+            error_code: optional("error_code", self.error_code, MAX_TEXT_BYTES)?,
+            survey,
+            value: self.value,
+            segment: optional("segment", self.segment, MAX_TEXT_BYTES)?,
+            tier: optional("tier", self.tier, MAX_TEXT_BYTES)?,
+            element: optional("attributes.element", self.element, MAX_TEXT_BYTES)?,
+            unknown_channel: channel.is_none(),
+            unknown_action: action.is_none(),
+        })
+    }
+}
+
+/// Earliest and latest accepted event times: years 1970 to 9999.
+const MIN_TIME: Millis = 0;
+const MAX_TIME: Millis = 253_402_300_799_999;
+
+fn check_time_range(ms: Millis, shown: &dyn fmt::Display) -> Result<Millis, Reject> {
+    if !(MIN_TIME..=MAX_TIME).contains(&ms) {
+        return Err(Reject::new(
+            RejectReason::InvalidTimestamp,
+            format!("`occurred_at` {shown} is outside 1970-01-01..9999-12-31"),
+        ));
+    }
+    Ok(ms)
+}
+
+/// Parses an RFC 3339 timestamp to milliseconds.
+pub fn parse_rfc3339(s: &str) -> Result<Millis, Reject> {
+    let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
+        Reject::new(RejectReason::InvalidTimestamp, format!("`occurred_at` {s:?} is not RFC 3339: {e}"))
+    })?;
+    check_time_range(t.timestamp_millis(), &format_args!("{s:?}"))
+}
+
+// ---------------------------------------------------------------- JSON
+
+#[derive(Deserialize)]
+struct JsonEvent<'a> {
+    #[serde(default, borrow)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    occurred_at: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    customer_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    anonymous_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    identities: Option<Pairs<'a>>,
+    #[serde(default, borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    touchpoint: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    action: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    outcome: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    error_code: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    survey: Option<JsonSurvey<'a>>,
+    #[serde(default)]
+    value: Option<f64>,
+    #[serde(default, borrow)]
+    segment: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tier: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    attributes: Option<Pairs<'a>>,
+}
+
+#[derive(Deserialize)]
+struct JsonSurvey<'a> {
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    score: i64,
+}
+
+/// A JSON object of string values, kept as pairs in arrival order (no map allocation).
+struct Pairs<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Pairs<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of string values")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Pairs<'a>, M::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<Cow<'a, str>, Option<Cow<'a, str>>>()? {
+                    if out.len() > MAX_ATTRIBUTES.max(MAX_IDENTITIES) {
+                        // Keep counting without keeping: the validator reports the size.
+                        out.push((Cow::Borrowed(""), Cow::Borrowed("")));
+                        continue;
+                    }
+                    out.push((k, v.unwrap_or(Cow::Borrowed(""))));
+                }
+                Ok(Pairs(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// Decodes one JSON event.
+pub fn decode_json(bytes: &[u8]) -> Result<Event, Reject> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(Reject::new(
+            RejectReason::Oversized,
+            format!("event is {} bytes, the limit is {MAX_EVENT_BYTES}", bytes.len()),
+        ));
+    }
+    let j: JsonEvent<'_> =
+        serde_json::from_slice(bytes).map_err(|e| Reject::new(RejectReason::InvalidJson, e.to_string()))?;
+    let occurred_at = match j.occurred_at {
+        None => Err(Reject::new(RejectReason::MissingField, "required field `occurred_at` is missing")),
+        Some(s) if s.is_empty() => Err(Reject::new(RejectReason::MissingField, "required field `occurred_at` is empty")),
+        Some(s) => parse_rfc3339(&s),
+    };
+    let mut attributes = j.attributes.map(|p| p.0).unwrap_or_default();
+    let attribute_count = attributes.len();
+    let element = attributes
+        .iter()
+        .position(|(k, _)| k == "element")
+        .map(|i| attributes.swap_remove(i).1)
+        .unwrap_or(Cow::Borrowed(""));
+    Raw {
+        event_id: j.event_id.unwrap_or_default(),
+        occurred_at,
+        customer_id: j.customer_id.unwrap_or_default(),
+        anonymous_id: j.anonymous_id.unwrap_or_default(),
+        identities: j.identities.map(|p| p.0).unwrap_or_default(),
+        channel: j.channel.unwrap_or_default(),
+        touchpoint: j.touchpoint.unwrap_or_default(),
+        action: j.action.unwrap_or_default(),
+        outcome: j.outcome.unwrap_or_default(),
+        error_code: j.error_code.unwrap_or_default(),
+        survey: j.survey.map(|s| (s.kind, s.score)),
+        value: j.value,
+        segment: j.segment.unwrap_or_default(),
+        tier: j.tier.unwrap_or_default(),
+        element,
+        attribute_count,
+    }
+    .validate()
+}
+
+// ---------------------------------------------------------------- protobuf
+
+/// Decodes one binary protobuf `cx.v1.InteractionEvent`.
+pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, Reject> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(Reject::new(
+            RejectReason::Oversized,
+            format!("event is {} bytes, the limit is {MAX_EVENT_BYTES}", bytes.len()),
+        ));
+    }
+    let p = proto::InteractionEvent::decode(bytes)
+        .map_err(|e| Reject::new(RejectReason::InvalidProtobuf, e.to_string()))?;
+    let occurred_at = match p.occurred_at {
+        None => Err(Reject::new(RejectReason::MissingField, "required field `occurred_at` is missing")),
+        Some(ts) => {
+            if !(0..1_000_000_000).contains(&ts.nanos) {
+                Err(Reject::new(RejectReason::InvalidTimestamp, format!("`occurred_at.nanos` {} is out of range", ts.nanos)))
+            } else {
+                match ts.seconds.checked_mul(1000) {
+                    Some(ms) => check_time_range(ms + i64::from(ts.nanos / 1_000_000), &format_args!("{}s", ts.seconds)),
+                    None => Err(Reject::new(RejectReason::InvalidTimestamp, "`occurred_at.seconds` overflows")),
+                }
+            }
+        }
+    };
+    let attribute_count = p.attributes.len();
+    let mut attributes = p.attributes;
+    let element = attributes.remove("element").unwrap_or_default();
+    let mut identities: Vec<_> = p.identities.into_iter().map(|(k, v)| (Cow::Owned(k), Cow::Owned(v))).collect();
+    identities.truncate(MAX_IDENTITIES + 1);
+    Raw {
+        event_id: Cow::Owned(p.event_id),
+        occurred_at,
+        customer_id: Cow::Owned(p.customer_id),
+        anonymous_id: Cow::Owned(p.anonymous_id),
+        identities,
+        channel: Cow::Owned(p.channel),
+        touchpoint: Cow::Owned(p.touchpoint),
+        action: Cow::Owned(p.action),
+        outcome: Cow::Owned(p.outcome),
+        error_code: Cow::Owned(p.error_code),
+        survey: p.survey.map(|s| (Cow::Owned(s.kind), i64::from(s.score))),
+        value: p.value,
+        segment: Cow::Owned(p.segment),
+        tier: Cow::Owned(p.tier),
+        element: Cow::Owned(element),
+        attribute_count,
+    }
+    .validate()
+}
+
+// ---------------------------------------------------------------- encoding (for producers, tests, simulator)
+
+/// Encodes an event as protobuf (the inverse of [`decode_protobuf`]).
+pub fn to_proto(e: &Event) -> proto::InteractionEvent {
+    let s = |o: &Option<CompactString>| o.as_deref().unwrap_or_default().to_string();
+    proto::InteractionEvent {
+        event_id: e.event_id.to_string(),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: e.occurred_at.div_euclid(1000),
+            nanos: (e.occurred_at.rem_euclid(1000) * 1_000_000) as i32,
+        }),
+        customer_id: s(&e.customer_id),
+        anonymous_id: s(&e.anonymous_id),
+        identities: e.identities.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        channel: e.channel.as_str().to_string(),
+        touchpoint: e.touchpoint.to_string(),
+        action: e.action.as_str().to_string(),
+        outcome: e.outcome.map(|o| o.as_str().to_string()).unwrap_or_default(),
+        error_code: s(&e.error_code),
+        survey: e.survey.map(|v| proto::Survey { kind: v.kind.as_str().to_string(), score: v.score }),
+        value: e.value,
+        segment: s(&e.segment),
+        tier: s(&e.tier),
+        attributes: e.element.iter().map(|v| ("element".to_string(), v.to_string())).collect(),
+    }
+}
+
+/// Encodes an event as one JSON object (the inverse of [`decode_json`]).
+pub fn to_json(e: &Event) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("event_id".into(), e.event_id.as_str().into());
+    m.insert("occurred_at".into(), crate::event::format_millis(e.occurred_at).into());
+    let mut opt = |k: &str, v: &Option<CompactString>| {
+        if let Some(v) = v {
+            m.insert(k.into(), v.as_str().into());
+        }
+    };
+    opt("customer_id", &e.customer_id);
+    opt("anonymous_id", &e.anonymous_id);
+    opt("error_code", &e.error_code);
+    opt("segment", &e.segment);
+    opt("tier", &e.tier);
+    if !e.identities.is_empty() {
+        let ids: serde_json::Map<_, _> =
+            e.identities.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(v.as_str()))).collect();
+        m.insert("identities".into(), ids.into());
+    }
+    m.insert("channel".into(), e.channel.as_str().into());
+    m.insert("touchpoint".into(), e.touchpoint.as_str().into());
+    m.insert("action".into(), e.action.as_str().into());
+    if let Some(o) = e.outcome {
+        m.insert("outcome".into(), o.as_str().into());
+    }
+    if let Some(s) = e.survey {
+        m.insert("survey".into(), serde_json::json!({"kind": s.kind.as_str(), "score": s.score}));
+    }
+    if let Some(v) = e.value {
+        m.insert("value".into(), v.into());
+    }
+    if let Some(el) = &e.element {
+        m.insert("attributes".into(), serde_json::json!({"element": el.as_str()}));
+    }
+    m.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{"event_id": "e-1001", "occurred_at": "2026-11-22T10:00:03.120Z",
+ "customer_id": "c-42", "anonymous_id": "a-9f3", "identities": {"device_id": "d-7"},
+ "channel": "web", "touchpoint": "checkout.payment", "action": "error",
+ "outcome": "failure", "error_code": "card_declined",
+ "survey": {"kind": "nps", "score": 3}, "value": 129.90,
+ "segment": "consumer", "tier": "gold", "attributes": {"element": "pay-button"}, "extra": [1,2]}"#;
+
+    #[test]
+    fn decodes_the_documented_example() {
+        let e = decode_json(SAMPLE.as_bytes()).unwrap();
+        assert_eq!(e.event_id, "e-1001");
+        assert_eq!(e.occurred_at, parse_rfc3339("2026-11-22T10:00:03.120Z").unwrap());
+        assert_eq!(e.occurred_at % 1000, 120);
+        assert_eq!(e.customer_id.as_deref(), Some("c-42"));
+        assert_eq!(e.identities, vec![("device_id".into(), "d-7".into())]);
+        assert_eq!(e.channel, Channel::Web);
+        assert_eq!(e.action, Action::Error);
+        assert_eq!(e.outcome, Some(Outcome::Failure));
+        assert_eq!(e.survey, Some(Survey { kind: SurveyKind::Nps, score: 3 }));
+        assert_eq!(e.value, Some(129.90));
+        assert_eq!(e.element.as_deref(), Some("pay-button"));
+        assert!(e.is_error());
+    }
+
+    #[test]
+    fn protobuf_and_json_round_trip_to_the_same_event() {
+        let e = decode_json(SAMPLE.as_bytes()).unwrap();
+        let bytes = to_proto(&e).encode_to_vec();
+        assert_eq!(decode_protobuf(&bytes).unwrap(), e);
+        assert_eq!(decode(&bytes, Format::Auto).unwrap(), e);
+        let json = serde_json::to_vec(&to_json(&e)).unwrap();
+        assert_eq!(decode(&json, Format::Auto).unwrap(), e);
+    }
+
+    #[test]
+    fn unknown_labels_map_to_other_and_are_flagged() {
+        let e = decode_json(
+            br#"{"event_id":"e","occurred_at":"2026-01-01T00:00:00+01:00","anonymous_id":"a","channel":"carrier-pigeon","touchpoint":"t","action":"wave"}"#,
+        )
+        .unwrap();
+        assert_eq!((e.channel, e.unknown_channel), (Channel::Other, true));
+        assert_eq!((e.action, e.unknown_action), (Action::Other, true));
+        assert_eq!(e.occurred_at, parse_rfc3339("2025-12-31T23:00:00Z").unwrap());
+    }
+
+    fn reason(json: &str) -> RejectReason {
+        decode_json(json.as_bytes()).unwrap_err().reason
+    }
+
+    #[test]
+    fn rejects_with_precise_reasons() {
+        let base = r#""event_id":"e","occurred_at":"2026-01-01T00:00:00Z","channel":"web","touchpoint":"t","action":"view""#;
+        assert_eq!(reason("{nope"), RejectReason::InvalidJson);
+        assert_eq!(reason(r#"{"event_id":"e"}"#), RejectReason::MissingField);
+        assert_eq!(reason(&format!("{{{base}}}")), RejectReason::NoIdentifier);
+        assert_eq!(
+            reason(r#"{"event_id":"e","occurred_at":"yesterday","customer_id":"c","channel":"web","touchpoint":"t","action":"view"}"#),
+            RejectReason::InvalidTimestamp
+        );
+        assert_eq!(reason(&format!(r#"{{{base},"customer_id":"c","survey":{{"kind":"nps","score":11}}}}"#)), RejectReason::InvalidValue);
+        assert_eq!(reason(&format!(r#"{{{base},"customer_id":"c","survey":{{"kind":"ces","score":0}}}}"#)), RejectReason::InvalidValue);
+        assert_eq!(reason(&format!(r#"{{{base},"customer_id":"c","outcome":"meh"}}"#)), RejectReason::InvalidValue);
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let err = decode_json(format!(r#"{{{base},"customer_id":"{long}"}}"#).as_bytes()).unwrap_err();
+        assert_eq!(err.reason, RejectReason::Oversized);
+        assert!(err.detail.contains("customer_id"), "{}", err.detail);
+        assert_eq!(decode_protobuf(&[0xff, 0xff, 0xff]).unwrap_err().reason, RejectReason::InvalidProtobuf);
+    }
+}

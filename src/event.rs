@@ -1,0 +1,172 @@
+//! The interaction event after decoding: validated, with enums for the bounded fields.
+//!
+//! Invariants: `event_id`, `touchpoint` are non-empty; at least one identifier is present;
+//! `survey.score` is within its kind's range. Decoders in [`crate::decode`] guarantee them.
+
+use compact_str::CompactString;
+
+/// Event time in milliseconds since the Unix epoch. All engine time is event time.
+pub type Millis = i64;
+
+/// Formats event time as RFC 3339 with millisecond precision (`2026-11-22T10:00:03.120Z`).
+pub fn format_millis(ms: Millis) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => ms.to_string(),
+    }
+}
+
+macro_rules! label_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order (a value's index is its bit in masks).
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stable, lower-case label used in JSON, protobuf and metrics.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $label),+ }
+            }
+
+            /// Parses a label; `None` for anything not in the list.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($label => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                $name::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown {} {s:?}", stringify!($name))))
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use label_enum;
+
+label_enum!(
+    /// Where the interaction happened. Unknown labels become `Other` (and are counted).
+    Channel {
+        Web => "web", MobileApp => "mobile_app", ContactCenter => "contact_center", Chat => "chat",
+        Chatbot => "chatbot", Email => "email", Sms => "sms", Store => "store", Social => "social",
+        Ivr => "ivr", Other => "other",
+    }
+);
+
+label_enum!(
+    /// What the customer did. Unknown labels become `Other` (and are counted).
+    Action {
+        View => "view", Click => "click", Submit => "submit", Error => "error", Contact => "contact",
+        Survey => "survey", Purchase => "purchase", Identify => "identify", Other => "other",
+    }
+);
+
+label_enum!(
+    /// The result of the interaction, when the producer knows it.
+    Outcome { Success => "success", Failure => "failure" }
+);
+
+label_enum!(
+    /// Survey instruments and their score ranges.
+    SurveyKind { Nps => "nps", Csat => "csat", Ces => "ces" }
+);
+
+impl SurveyKind {
+    /// Inclusive score range of the instrument.
+    pub fn range(self) -> (i32, i32) {
+        match self {
+            SurveyKind::Nps => (0, 10),
+            SurveyKind::Csat => (1, 5),
+            SurveyKind::Ces => (1, 7),
+        }
+    }
+}
+
+impl Channel {
+    /// Self-service channels: friction here that is followed by an assisted contact is an escalation.
+    pub fn is_digital(self) -> bool {
+        matches!(self, Channel::Web | Channel::MobileApp | Channel::Chatbot | Channel::Ivr)
+    }
+
+    /// Channels where a person serves the customer.
+    pub fn is_assisted(self) -> bool {
+        matches!(self, Channel::ContactCenter | Channel::Chat | Channel::Email | Channel::Store)
+    }
+
+    /// This channel's bit in a [`ChannelSet`].
+    pub fn bit(self) -> u16 {
+        1 << (self as u8)
+    }
+}
+
+/// A small set of channels, one bit each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelSet(pub u16);
+
+impl ChannelSet {
+    pub fn insert(&mut self, c: Channel) {
+        self.0 |= c.bit();
+    }
+    pub fn has_digital(self) -> bool {
+        Channel::ALL.iter().any(|c| c.is_digital() && self.0 & c.bit() != 0)
+    }
+    pub fn iter(self) -> impl Iterator<Item = Channel> {
+        Channel::ALL.iter().copied().filter(move |c| self.0 & c.bit() != 0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Survey {
+    pub kind: SurveyKind,
+    pub score: i32,
+}
+
+/// One validated customer interaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub event_id: CompactString,
+    pub occurred_at: Millis,
+    pub customer_id: Option<CompactString>,
+    pub anonymous_id: Option<CompactString>,
+    /// Other identifiers as (kind, value), e.g. ("device_id", "d-7").
+    pub identities: Vec<(CompactString, CompactString)>,
+    pub channel: Channel,
+    pub touchpoint: CompactString,
+    pub action: Action,
+    pub outcome: Option<Outcome>,
+    pub error_code: Option<CompactString>,
+    pub survey: Option<Survey>,
+    pub value: Option<f64>,
+    pub segment: Option<CompactString>,
+    pub tier: Option<CompactString>,
+    /// `attributes.element`: the UI element clicked, which rage-click detection groups by.
+    /// Other attributes are accepted and not kept: nothing in the engine reads them.
+    pub element: Option<CompactString>,
+    /// The producer's channel label was not one we know (mapped to `Other`).
+    pub unknown_channel: bool,
+    /// The producer's action label was not one we know (mapped to `Other`).
+    pub unknown_action: bool,
+}
+
+impl Event {
+    /// True when this event counts as an error for `repeated_error`.
+    pub fn is_error(&self) -> bool {
+        self.action == Action::Error || self.outcome == Some(Outcome::Failure)
+    }
+}

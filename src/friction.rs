@@ -1,0 +1,216 @@
+//! The friction detectors' settings and the pieces of detection that look back over history.
+//!
+//! Detection is driven by [`crate::engine`], which knows which journey instances an event is
+//! activity of. This module holds the windowed counting (pure functions over small vectors)
+//! and alert construction, so each detector's rule reads in one place.
+
+use compact_str::CompactString;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::alert::{stable_id, Alert, AlertType, Scorer};
+use crate::config::{FrictionSection, NegativeFeedback};
+use crate::event::{Millis, Survey, SurveyKind};
+use crate::identity::Symbols;
+use crate::journey::{Instance, JourneyDef};
+use crate::profile::Profile;
+
+fn ms(d: std::time::Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX / 4)
+}
+
+/// A count-within-window threshold in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Threshold {
+    pub count: usize,
+    pub within: Millis,
+}
+
+/// Detector settings, compiled; `None` means the detector is off.
+#[derive(Debug, Clone)]
+pub struct FrictionRules {
+    pub repeated_error: Option<Threshold>,
+    pub step_loop: Option<u8>,
+    pub channel_escalation: Option<Millis>,
+    pub repeat_contact: Option<Threshold>,
+    pub slow_step: bool,
+    pub negative_feedback: Option<NegativeFeedback>,
+    pub rage_click: Option<Threshold>,
+    pub cooldown: Millis,
+}
+
+impl FrictionRules {
+    pub fn new(f: &FrictionSection) -> FrictionRules {
+        let th = |c: crate::config::CountWithin| {
+            c.enabled.then_some(Threshold { count: c.count as usize, within: ms(c.within) })
+        };
+        FrictionRules {
+            repeated_error: th(f.repeated_error),
+            step_loop: f.step_loop.enabled.then_some(f.step_loop.count.min(255) as u8),
+            channel_escalation: f.channel_escalation.enabled.then(|| ms(f.channel_escalation.within)),
+            repeat_contact: th(f.repeat_contact),
+            slow_step: f.slow_step.enabled,
+            negative_feedback: f.negative_feedback.enabled.then_some(f.negative_feedback),
+            rage_click: th(f.rage_click),
+            cooldown: ms(f.outside_journey_cooldown),
+        }
+    }
+
+    /// Whether a survey answer counts as negative feedback.
+    pub fn is_negative(&self, s: Survey) -> bool {
+        let Some(n) = self.negative_feedback else { return false };
+        match s.kind {
+            SurveyKind::Nps => s.score <= n.nps_max,
+            SurveyKind::Csat => s.score <= n.csat_max,
+            SurveyKind::Ces => s.score >= n.ces_min,
+        }
+    }
+}
+
+/// Stable key for a touchpoint (and optionally an element) in profile-level histories.
+pub fn touchpoint_key(touchpoint: &str, element: Option<&str>) -> u64 {
+    match element {
+        None => xxh3_64(touchpoint.as_bytes()),
+        Some(el) => {
+            let mut b = Vec::with_capacity(touchpoint.len() + el.len() + 1);
+            b.extend_from_slice(touchpoint.as_bytes());
+            b.push(0);
+            b.extend_from_slice(el.as_bytes());
+            xxh3_64(&b)
+        }
+    }
+}
+
+/// Appends `(key, t, id)` to a history, drops what fell out of the window, and returns the
+/// event ids for `key` still in it (oldest first) when they reach the threshold.
+pub fn count_keyed(
+    history: &mut Vec<(u64, Millis, CompactString)>,
+    key: u64,
+    t: Millis,
+    id: &CompactString,
+    th: Threshold,
+) -> Option<Vec<String>> {
+    history.retain(|(_, at, _)| *at > t - th.within);
+    history.push((key, t, id.clone()));
+    let ids: Vec<String> = history.iter().filter(|(k, _, _)| *k == key).map(|(_, _, id)| id.to_string()).collect();
+    (ids.len() >= th.count).then_some(ids)
+}
+
+/// The same for an un-keyed history.
+pub fn count_window(history: &mut Vec<(Millis, CompactString)>, t: Millis, id: &CompactString, th: Threshold) -> Option<Vec<String>> {
+    history.retain(|(at, _)| *at > t - th.within);
+    history.push((t, id.clone()));
+    (history.len() >= th.count).then(|| history.iter().map(|(_, id)| id.to_string()).collect())
+}
+
+/// Friction outside journeys: true (and the cooldown starts) unless this profile already had
+/// an alert of this type on this touchpoint within the cooldown.
+pub fn cooldown_allows(p: &mut Profile, ty: AlertType, touchpoint: &str, t: Millis, cooldown: Millis) -> bool {
+    let key = touchpoint_key(touchpoint, None) ^ (ty as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let list = &mut p.extra().cooldowns;
+    list.retain(|(_, until)| *until > t);
+    if list.iter().any(|(k, _)| *k == key) {
+        return false;
+    }
+    list.push((key, t.saturating_add(cooldown)));
+    true
+}
+
+/// What an alert is about, beyond its type and time.
+pub struct Subject<'a> {
+    /// The instance and its journey, or `None` for friction outside any journey.
+    pub journey: Option<(&'a JourneyDef, &'a Instance)>,
+    /// The step it is about, when it is a step of the journey.
+    pub step: Option<u8>,
+    pub touchpoint: &'a str,
+    /// What makes the id unique beyond type and instance: the trigger event id, or a time.
+    pub trigger: &'a str,
+}
+
+/// Builds an alert: scores it and gives it a deterministic id.
+pub fn build_alert(
+    scorer: &Scorer,
+    symbols: &Symbols,
+    p: &Profile,
+    ty: AlertType,
+    subject: Subject<'_>,
+    occurred_at: Millis,
+    mut evidence: Vec<String>,
+) -> Alert {
+    let tier = symbols.name(p.tier);
+    let (def, inst) = subject.journey.unzip();
+    let step_weight = match (def, subject.step) {
+        (Some(d), Some(s)) => d.weight[usize::from(s)],
+        _ => 1.0,
+    };
+    let (score, factors, severity) = scorer.score(ty, step_weight, tier);
+    let instance_id = inst.map(|i| i.id_string()).unwrap_or_default();
+    let scope = if instance_id.is_empty() { p.id.as_str() } else { instance_id.as_str() };
+    let step = match (def, subject.step) {
+        (Some(d), Some(s)) => d.steps[usize::from(s)].to_string(),
+        _ => String::new(),
+    };
+    evidence.dedup();
+    if evidence.len() > 10 {
+        evidence.drain(..evidence.len() - 10);
+    }
+    Alert {
+        alert_id: stable_id(&[ty.as_str().as_bytes(), scope.as_bytes(), subject.touchpoint.as_bytes(), subject.trigger.as_bytes()]),
+        kind: ty.kind(),
+        alert_type: ty,
+        severity,
+        score,
+        factors,
+        profile_id: p.id.to_string(),
+        customer_id: p.customer_id().to_string(),
+        journey: def.map(|d| d.name.to_string()).unwrap_or_default(),
+        journey_instance_id: instance_id,
+        step,
+        touchpoint: subject.touchpoint.to_string(),
+        channels: inst.map(|i| i.channels.iter().collect()).unwrap_or_default(),
+        occurred_at,
+        evidence,
+        segment: symbols.name(p.segment).to_string(),
+        tier: tier.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windowed_counts_fire_at_the_threshold_and_forget_old_events() {
+        let th = Threshold { count: 3, within: 1000 };
+        let mut h = Vec::new();
+        let id = |s: &str| CompactString::new(s);
+        assert!(count_keyed(&mut h, 1, 0, &id("a"), th).is_none());
+        assert!(count_keyed(&mut h, 2, 100, &id("x"), th).is_none(), "other keys do not count");
+        assert!(count_keyed(&mut h, 1, 500, &id("b"), th).is_none());
+        assert_eq!(count_keyed(&mut h, 1, 900, &id("c"), th), Some(vec!["a".into(), "b".into(), "c".into()]));
+        // 'a' (t=0) is out of the window at t=1000 (window is (t - within, t]).
+        assert_eq!(count_keyed(&mut h, 1, 1000, &id("d"), th), Some(vec!["b".into(), "c".into(), "d".into()]));
+        let mut w = Vec::new();
+        assert!(count_window(&mut w, 0, &id("a"), th).is_none());
+        assert!(count_window(&mut w, 2000, &id("b"), th).is_none());
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn negative_thresholds_follow_each_scale() {
+        let r = FrictionRules::new(&FrictionSection::default());
+        let s = |kind, score| Survey { kind, score };
+        assert!(r.is_negative(s(SurveyKind::Nps, 6)) && !r.is_negative(s(SurveyKind::Nps, 7)));
+        assert!(r.is_negative(s(SurveyKind::Csat, 2)) && !r.is_negative(s(SurveyKind::Csat, 3)));
+        assert!(r.is_negative(s(SurveyKind::Ces, 5)) && !r.is_negative(s(SurveyKind::Ces, 4)));
+    }
+
+    #[test]
+    fn cooldown_suppresses_per_type_and_touchpoint() {
+        let mut p = Profile::new("p".into(), false, 0);
+        assert!(cooldown_allows(&mut p, AlertType::RageClick, "home", 0, 3600));
+        assert!(!cooldown_allows(&mut p, AlertType::RageClick, "home", 3599, 3600));
+        assert!(cooldown_allows(&mut p, AlertType::RepeatedError, "home", 10, 3600));
+        assert!(cooldown_allows(&mut p, AlertType::RageClick, "login", 10, 3600));
+        assert!(cooldown_allows(&mut p, AlertType::RageClick, "home", 3600, 3600));
+    }
+}

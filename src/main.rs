@@ -1,0 +1,14 @@
+//! The `cxstream` binary: parses the command line and hands over to the library.
+
+use clap::Parser;
+use cxstream::cli::{run_check_config, run_replay, run_simulate, Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let code = match &cli.command {
+        Command::Replay(a) => run_replay(a)?,
+        Command::CheckConfig { file } => run_check_config(file)?,
+        Command::Simulate(a) => run_simulate(a)?,
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,124 @@
+//! A profile: one person as far as identity stitching knows, with their open journeys and
+//! the short histories the profile-level detectors look back over.
+
+use compact_str::CompactString;
+
+use crate::alert::JourneyOutcome;
+use crate::event::Millis;
+use crate::journey::Instance;
+
+/// How many closed instances a profile remembers (for escalation after a drop-off, and for
+/// attaching late survey answers).
+pub const CLOSED_KEEP: usize = 4;
+
+/// A journey instance after it closed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Closed {
+    pub inst: Instance,
+    pub outcome: JourneyOutcome,
+    pub ended: Millis,
+    /// Revision of the last summary emitted for it.
+    pub revision: u32,
+}
+
+/// Profile state that most profiles never need, allocated on first use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProfileExtra {
+    pub closed: Vec<Closed>,
+    /// `contact` actions for repeat_contact: (time, event id).
+    pub contacts: Vec<(Millis, CompactString)>,
+    /// Recent clicks for rage_click: (touchpoint+element key, time, event id).
+    pub clicks: Vec<(u64, Millis, CompactString)>,
+    /// Errors outside any journey: (touchpoint key, time, event id).
+    pub loose_errors: Vec<(u64, Millis, CompactString)>,
+    /// Friction outside journeys already alerted: (type+touchpoint key, quiet until).
+    pub cooldowns: Vec<(u64, Millis)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// The customer id once known, otherwise the first anonymous identifier.
+    pub id: CompactString,
+    pub has_customer: bool,
+    /// Latest segment and tier seen, as symbols (0 = none).
+    pub segment: u16,
+    pub tier: u16,
+    pub last_seen: Millis,
+    /// Identifier keys linked to this profile (see [`crate::identity`]).
+    pub keys: Vec<u64>,
+    pub open: Vec<Instance>,
+    pub extra: Option<Box<ProfileExtra>>,
+}
+
+impl Profile {
+    pub fn new(id: CompactString, has_customer: bool, t: Millis) -> Profile {
+        Profile { id, has_customer, segment: 0, tier: 0, last_seen: t, keys: Vec::new(), open: Vec::new(), extra: None }
+    }
+
+    pub fn customer_id(&self) -> &str {
+        if self.has_customer {
+            &self.id
+        } else {
+            ""
+        }
+    }
+
+    pub fn extra(&mut self) -> &mut ProfileExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    pub fn closed(&self) -> &[Closed] {
+        self.extra.as_ref().map_or(&[], |e| e.closed.as_slice())
+    }
+
+    /// Moves an open instance to the closed list.
+    pub fn close(&mut self, idx: usize, outcome: JourneyOutcome, ended: Millis) {
+        let inst = self.open.swap_remove(idx);
+        let closed = &mut self.extra().closed;
+        if closed.len() == CLOSED_KEEP {
+            closed.remove(0);
+        }
+        closed.push(Closed { inst, outcome, ended, revision: 1 });
+    }
+
+    /// Merges `other` into this profile. Returns the ids of instances whose timers must be
+    /// re-armed (they moved to this profile's slot).
+    pub fn absorb(&mut self, other: Profile) -> Vec<u64> {
+        self.keys.extend_from_slice(&other.keys);
+        self.last_seen = self.last_seen.max(other.last_seen);
+        if self.segment == 0 {
+            self.segment = other.segment;
+        }
+        if self.tier == 0 {
+            self.tier = other.tier;
+        }
+        let mut moved = Vec::new();
+        for inst in other.open {
+            match self.open.iter_mut().find(|i| i.journey == inst.journey) {
+                Some(mine) => {
+                    mine.absorb(inst);
+                    moved.push(mine.id);
+                }
+                None => {
+                    moved.push(inst.id);
+                    self.open.push(inst);
+                }
+            }
+        }
+        if let Some(o) = other.extra {
+            let e = self.extra();
+            e.closed.extend(o.closed);
+            e.closed.sort_by_key(|c| (c.ended, c.inst.id));
+            let drop = e.closed.len().saturating_sub(CLOSED_KEEP);
+            e.closed.drain(..drop);
+            e.contacts.extend(o.contacts);
+            e.contacts.sort();
+            e.clicks.extend(o.clicks);
+            e.clicks.sort_by_key(|c| c.1);
+            e.loose_errors.extend(o.loose_errors);
+            e.loose_errors.sort_by_key(|c| c.1);
+            e.cooldowns.extend(o.cooldowns);
+        }
+        moved
+    }
+}
