@@ -1,6 +1,10 @@
 //! Compiles `proto/cx/v1/*.proto` with protox (pure Rust), so no `protoc` is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/cx/v1/event.proto", "proto/cx/v1/alert.proto", "proto/cx/v1/journey.proto"];
+    let files = [
+        "proto/cx/v1/event.proto",
+        "proto/cx/v1/alert.proto",
+        "proto/cx/v1/journey.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -50,7 +50,10 @@ impl AlertType {
 
     /// The types whose bits are set in `mask`.
     pub fn from_mask(mask: u8) -> impl Iterator<Item = AlertType> {
-        AlertType::ALL.iter().copied().filter(move |t| mask & t.bit() != 0)
+        AlertType::ALL
+            .iter()
+            .copied()
+            .filter(move |t| mask & t.bit() != 0)
     }
 }
 
@@ -81,18 +84,39 @@ impl Scorer {
     pub fn new(cfg: &ScoringSection) -> Self {
         let mut type_weight = [0.0; 8];
         for t in AlertType::ALL {
-            type_weight[*t as usize] = cfg.type_weight.get(t.as_str()).copied().unwrap_or(t.default_weight());
+            type_weight[*t as usize] = cfg
+                .type_weight
+                .get(t.as_str())
+                .copied()
+                .unwrap_or(t.default_weight());
         }
         Scorer {
             type_weight,
-            tiers: cfg.tier_multiplier.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            tiers: cfg
+                .tier_multiplier
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
             thresholds: cfg.severity,
         }
     }
 
-    pub fn score(&self, t: AlertType, step_weight: f64, tier: &str) -> (f64, ScoreFactors, Severity) {
-        let tier_multiplier = self.tiers.iter().find(|(k, _)| k == tier).map_or(1.0, |(_, v)| *v);
-        let factors = ScoreFactors { type_weight: self.type_weight[t as usize], step_weight, tier_multiplier };
+    pub fn score(
+        &self,
+        t: AlertType,
+        step_weight: f64,
+        tier: &str,
+    ) -> (f64, ScoreFactors, Severity) {
+        let tier_multiplier = self
+            .tiers
+            .iter()
+            .find(|(k, _)| k == tier)
+            .map_or(1.0, |(_, v)| *v);
+        let factors = ScoreFactors {
+            type_weight: self.type_weight[t as usize],
+            step_weight,
+            tier_multiplier,
+        };
         let score = factors.type_weight * factors.step_weight * factors.tier_multiplier;
         let th = &self.thresholds;
         let severity = if score >= th.critical {
@@ -211,7 +235,10 @@ pub enum Output {
 }
 
 fn ts(ms: Millis) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 })
+    Some(prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    })
 }
 
 fn labels(c: &[Channel]) -> Vec<String> {
@@ -268,11 +295,19 @@ impl JourneySummary {
                 })
                 .collect(),
             channels: labels(&self.channels),
-            friction: self.friction.iter().map(|f| f.as_str().to_string()).collect(),
+            friction: self
+                .friction
+                .iter()
+                .map(|f| f.as_str().to_string())
+                .collect(),
             surveys: self
                 .surveys
                 .iter()
-                .map(|s| proto::SurveyScore { kind: s.kind.as_str().into(), score: s.score, event_id: s.event_id.clone() })
+                .map(|s| proto::SurveyScore {
+                    kind: s.kind.as_str().into(),
+                    score: s.score,
+                    event_id: s.event_id.clone(),
+                })
                 .collect(),
             value: self.value.unwrap_or(0.0),
             segment: self.segment.clone(),
@@ -292,12 +327,21 @@ mod tests {
         cfg.tier_multiplier.insert("gold".into(), 1.5);
         let s = Scorer::new(&cfg);
         let (score, f, sev) = s.score(AlertType::DropOff, 3.0, "gold");
-        assert_eq!((f.type_weight, f.step_weight, f.tier_multiplier), (2.0, 3.0, 1.5));
+        assert_eq!(
+            (f.type_weight, f.step_weight, f.tier_multiplier),
+            (2.0, 3.0, 1.5)
+        );
         assert_eq!(score, 9.0);
         assert_eq!(sev, Severity::Critical);
         assert_eq!(s.score(AlertType::RageClick, 1.0, "").2, Severity::Low);
-        assert_eq!(s.score(AlertType::RepeatedError, 1.0, "").2, Severity::Medium);
-        assert_eq!(s.score(AlertType::DropOff, 1.0, "silver").2, Severity::Medium);
+        assert_eq!(
+            s.score(AlertType::RepeatedError, 1.0, "").2,
+            Severity::Medium
+        );
+        assert_eq!(
+            s.score(AlertType::DropOff, 1.0, "silver").2,
+            Severity::Medium
+        );
         assert_eq!(s.score(AlertType::DropOff, 1.5, "").2, Severity::High);
     }
 

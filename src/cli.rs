@@ -16,7 +16,11 @@ use crate::replay::{replay, Sinks};
 use crate::sim::{SimConfig, Simulator};
 
 #[derive(Debug, Parser)]
-#[command(name = "cxstream", version, about = "Streaming customer-experience event processor")]
+#[command(
+    name = "cxstream",
+    version,
+    about = "Streaming customer-experience event processor"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -105,7 +109,8 @@ fn create(path: &PathBuf) -> anyhow::Result<Box<dyn Write>> {
 pub fn run_replay(a: &ReplayArgs) -> anyhow::Result<i32> {
     let config = Config::load(&a.config)?;
     let mut engine = Engine::from_config(&config);
-    let file = File::open(&a.input).with_context(|| format!("cannot open {}", a.input.display()))?;
+    let file =
+        File::open(&a.input).with_context(|| format!("cannot open {}", a.input.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut input = BufReader::with_capacity(1 << 16, file);
     let mut alerts = match &a.alerts {
@@ -116,19 +121,31 @@ pub fn run_replay(a: &ReplayArgs) -> anyhow::Result<i32> {
     let bar = if io::stderr().is_terminal() && size > 8 << 20 {
         let b = indicatif::ProgressBar::new(size);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(b)
     } else {
         None
     };
-    let sinks = Sinks { alerts: &mut alerts, journeys: journeys.as_mut().map(|j| j as &mut dyn Write) };
-    let report = replay(&mut engine, &mut input, a.format.into(), sinks, a.drain, &mut |n| {
-        if let Some(b) = &bar {
-            b.set_position(n);
-        }
-    });
+    let sinks = Sinks {
+        alerts: &mut alerts,
+        journeys: journeys.as_mut().map(|j| j as &mut dyn Write),
+    };
+    let report = replay(
+        &mut engine,
+        &mut input,
+        a.format.into(),
+        sinks,
+        a.drain,
+        &mut |n| {
+            if let Some(b) = &bar {
+                b.set_position(n);
+            }
+        },
+    );
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -75,7 +75,9 @@ impl Default for IdentitySection {
     fn default() -> Self {
         IdentitySection {
             max_identifiers: 32,
-            never_link: ["", "0", "unknown", "null", "undefined"].map(String::from).to_vec(),
+            never_link: ["", "0", "unknown", "null", "undefined"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -107,7 +109,9 @@ fn default_abandon_after() -> Duration {
 
 mod duration_map {
     use super::*;
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
         #[derive(Deserialize)]
         struct H(#[serde(with = "humantime_serde")] Duration);
         let m = BTreeMap::<String, H>::deserialize(d)?;
@@ -184,13 +188,36 @@ impl Default for FrictionSection {
     fn default() -> Self {
         let secs = Duration::from_secs;
         FrictionSection {
-            repeated_error: CountWithin { enabled: true, count: 3, within: secs(600) },
-            step_loop: StepLoop { enabled: true, count: 3 },
-            channel_escalation: ChannelEscalation { enabled: true, within: secs(1800) },
-            repeat_contact: CountWithin { enabled: true, count: 3, within: secs(7 * 86_400) },
+            repeated_error: CountWithin {
+                enabled: true,
+                count: 3,
+                within: secs(600),
+            },
+            step_loop: StepLoop {
+                enabled: true,
+                count: 3,
+            },
+            channel_escalation: ChannelEscalation {
+                enabled: true,
+                within: secs(1800),
+            },
+            repeat_contact: CountWithin {
+                enabled: true,
+                count: 3,
+                within: secs(7 * 86_400),
+            },
             slow_step: Toggle { enabled: true },
-            negative_feedback: NegativeFeedback { enabled: true, nps_max: 6, csat_max: 2, ces_min: 5 },
-            rage_click: CountWithin { enabled: true, count: 4, within: secs(3) },
+            negative_feedback: NegativeFeedback {
+                enabled: true,
+                nps_max: 6,
+                csat_max: 2,
+                ces_min: 5,
+            },
+            rage_click: CountWithin {
+                enabled: true,
+                count: 4,
+                within: secs(3),
+            },
             outside_journey_cooldown: secs(3600),
         }
     }
@@ -228,7 +255,11 @@ pub struct SeverityThresholds {
 
 impl Default for SeverityThresholds {
     fn default() -> Self {
-        SeverityThresholds { medium: 1.5, high: 3.0, critical: 6.0 }
+        SeverityThresholds {
+            medium: 1.5,
+            high: 3.0,
+            critical: 6.0,
+        }
     }
 }
 
@@ -260,8 +291,16 @@ pub struct ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
-        let place = if self.source_name.is_empty() { String::new() } else { format!(" in {}", self.source_name) };
-        writeln!(f, "{n} configuration error{}{place}:", if n == 1 { "" } else { "s" })?;
+        let place = if self.source_name.is_empty() {
+            String::new()
+        } else {
+            format!(" in {}", self.source_name)
+        };
+        writeln!(
+            f,
+            "{n} configuration error{}{place}:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.errors {
             writeln!(f, "  - {e}")?;
         }
@@ -272,7 +311,10 @@ impl fmt::Display for ConfigErrors {
 impl Config {
     /// Parses and validates a TOML configuration.
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
-        let fail = |errors| ConfigErrors { source_name: String::new(), errors };
+        let fail = |errors| ConfigErrors {
+            source_name: String::new(),
+            errors,
+        };
         let config: Config = toml::from_str(text).map_err(|e| {
             let message = e.message().to_string();
             let path = match e.span() {
@@ -297,7 +339,10 @@ impl Config {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             source_name: name.clone(),
-            errors: vec![ConfigError { path: String::new(), message: format!("cannot read: {e}") }],
+            errors: vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read: {e}"),
+            }],
         })?;
         Config::from_toml(&text).map_err(|mut e| {
             e.source_name = name;
@@ -313,14 +358,23 @@ impl Config {
 
         let e = &self.engine;
         if !positive(e.dedup_window) {
-            err("engine.dedup_window".into(), "must be greater than zero".into());
+            err(
+                "engine.dedup_window".into(),
+                "must be greater than zero".into(),
+            );
         }
         let f = &self.friction;
         let windows = [
             ("friction.repeat_contact.within", f.repeat_contact.within),
             ("engine.survey_attribution", e.survey_attribution),
-            ("friction.outside_journey_cooldown", f.outside_journey_cooldown),
-            ("friction.channel_escalation.within", f.channel_escalation.within),
+            (
+                "friction.outside_journey_cooldown",
+                f.outside_journey_cooldown,
+            ),
+            (
+                "friction.channel_escalation.within",
+                f.channel_escalation.within,
+            ),
         ];
         for (name, w) in windows {
             if w > e.profile_ttl {
@@ -335,31 +389,62 @@ impl Config {
             }
         }
         if self.identity.max_identifiers < 1 {
-            err("identity.max_identifiers".into(), "must be at least 1".into());
+            err(
+                "identity.max_identifiers".into(),
+                "must be at least 1".into(),
+            );
         }
 
-        for (name, c) in [("repeated_error", f.repeated_error), ("repeat_contact", f.repeat_contact), ("rage_click", f.rage_click)] {
+        for (name, c) in [
+            ("repeated_error", f.repeated_error),
+            ("repeat_contact", f.repeat_contact),
+            ("rage_click", f.rage_click),
+        ] {
             if c.count < 1 {
-                err(format!("friction.{name}.count"), "must be at least 1".into());
+                err(
+                    format!("friction.{name}.count"),
+                    "must be at least 1".into(),
+                );
             }
             if c.count > 64 {
-                err(format!("friction.{name}.count"), "must be at most 64".into());
+                err(
+                    format!("friction.{name}.count"),
+                    "must be at most 64".into(),
+                );
             }
             if !positive(c.within) {
-                err(format!("friction.{name}.within"), "must be greater than zero".into());
+                err(
+                    format!("friction.{name}.within"),
+                    "must be greater than zero".into(),
+                );
             }
         }
         if !(2..=255).contains(&f.step_loop.count) {
-            err("friction.step_loop.count".into(), "must be between 2 and 255 (entries of one step)".into());
+            err(
+                "friction.step_loop.count".into(),
+                "must be between 2 and 255 (entries of one step)".into(),
+            );
         }
         if !positive(f.channel_escalation.within) {
-            err("friction.channel_escalation.within".into(), "must be greater than zero".into());
+            err(
+                "friction.channel_escalation.within".into(),
+                "must be greater than zero".into(),
+            );
         }
         let nf = f.negative_feedback;
-        for (k, v, kind) in [("nps_max", nf.nps_max, "nps"), ("csat_max", nf.csat_max, "csat"), ("ces_min", nf.ces_min, "ces")] {
-            let (lo, hi) = crate::event::SurveyKind::parse(kind).map(|k| k.range()).unwrap_or((0, 0));
+        for (k, v, kind) in [
+            ("nps_max", nf.nps_max, "nps"),
+            ("csat_max", nf.csat_max, "csat"),
+            ("ces_min", nf.ces_min, "ces"),
+        ] {
+            let (lo, hi) = crate::event::SurveyKind::parse(kind)
+                .map(|k| k.range())
+                .unwrap_or((0, 0));
             if v < lo || v > hi {
-                err(format!("friction.negative_feedback.{k}"), format!("{v} is outside the {kind} scale ({lo}-{hi})"));
+                err(
+                    format!("friction.negative_feedback.{k}"),
+                    format!("{v} is outside the {kind} scale ({lo}-{hi})"),
+                );
             }
         }
 
@@ -367,71 +452,130 @@ impl Config {
         for (k, w) in &s.type_weight {
             if AlertType::parse(k).is_none() {
                 let known: Vec<_> = AlertType::ALL.iter().map(|t| t.as_str()).collect();
-                err(format!("scoring.type_weight.{k}"), format!("unknown alert type; expected one of {}", known.join(", ")));
+                err(
+                    format!("scoring.type_weight.{k}"),
+                    format!("unknown alert type; expected one of {}", known.join(", ")),
+                );
             }
             if !(w.is_finite() && *w > 0.0) {
-                err(format!("scoring.type_weight.{k}"), "must be a positive number".into());
+                err(
+                    format!("scoring.type_weight.{k}"),
+                    "must be a positive number".into(),
+                );
             }
         }
         for (k, w) in &s.tier_multiplier {
             if !(w.is_finite() && *w > 0.0) {
-                err(format!("scoring.tier_multiplier.{k}"), "must be a positive number".into());
+                err(
+                    format!("scoring.tier_multiplier.{k}"),
+                    "must be a positive number".into(),
+                );
             }
         }
         let t = s.severity;
-        if !(t.medium.is_finite() && t.high.is_finite() && t.critical.is_finite() && 0.0 < t.medium && t.medium <= t.high && t.high <= t.critical) {
-            err("scoring.severity".into(), "thresholds must be positive and ascending: medium <= high <= critical".into());
+        if !(t.medium.is_finite()
+            && t.high.is_finite()
+            && t.critical.is_finite()
+            && 0.0 < t.medium
+            && t.medium <= t.high
+            && t.high <= t.critical)
+        {
+            err(
+                "scoring.severity".into(),
+                "thresholds must be positive and ascending: medium <= high <= critical".into(),
+            );
         }
 
         let mut names = std::collections::HashSet::new();
         for (i, j) in self.journeys.iter().enumerate() {
             let at = format!("journeys[{i}]");
-            if j.name.is_empty() || !j.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
-                err(format!("{at}.name"), format!("{:?} must be non-empty and use only letters, digits, '_', '-' and '.'", j.name));
+            if j.name.is_empty()
+                || !j
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            {
+                err(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?} must be non-empty and use only letters, digits, '_', '-' and '.'",
+                        j.name
+                    ),
+                );
             } else if !names.insert(j.name.as_str()) {
-                err(format!("{at}.name"), format!("journey {:?} is defined twice", j.name));
+                err(
+                    format!("{at}.name"),
+                    format!("journey {:?} is defined twice", j.name),
+                );
             }
             let at = format!("journeys[{i}] ({})", j.name);
             if j.steps.is_empty() {
                 err(format!("{at}.steps"), "needs at least one step".into());
             }
             if j.steps.len() > 64 {
-                err(format!("{at}.steps"), format!("has {} steps; at most 64 are supported", j.steps.len()));
+                err(
+                    format!("{at}.steps"),
+                    format!("has {} steps; at most 64 are supported", j.steps.len()),
+                );
             }
             let mut seen = std::collections::HashSet::new();
             for st in &j.steps {
                 if st.is_empty() {
                     err(format!("{at}.steps"), "a step name is empty".into());
                 } else if !seen.insert(st.as_str()) {
-                    err(format!("{at}.steps"), format!("step {st:?} is listed twice"));
+                    err(
+                        format!("{at}.steps"),
+                        format!("step {st:?} is listed twice"),
+                    );
                 }
             }
             let is_step = |s: &str| j.steps.iter().any(|x| x == s);
             for st in j.entry_steps.iter().flatten() {
                 if !is_step(st) {
-                    err(format!("{at}.entry_steps"), format!("{st:?} is not one of this journey's steps"));
+                    err(
+                        format!("{at}.entry_steps"),
+                        format!("{st:?} is not one of this journey's steps"),
+                    );
                 }
             }
             if j.entry_steps.as_ref().is_some_and(|e| e.is_empty()) {
-                err(format!("{at}.entry_steps"), "is empty: no event could open this journey".into());
+                err(
+                    format!("{at}.entry_steps"),
+                    "is empty: no event could open this journey".into(),
+                );
             }
             if !positive(j.abandon_after) {
-                err(format!("{at}.abandon_after"), "must be greater than zero".into());
+                err(
+                    format!("{at}.abandon_after"),
+                    "must be greater than zero".into(),
+                );
             }
             for (st, d) in &j.step_sla {
                 if !is_step(st) {
-                    err(format!("{at}.step_sla.{st:?}"), "is not one of this journey's steps".into());
+                    err(
+                        format!("{at}.step_sla.{st:?}"),
+                        "is not one of this journey's steps".into(),
+                    );
                 }
                 if !positive(*d) {
-                    err(format!("{at}.step_sla.{st:?}"), "must be greater than zero".into());
+                    err(
+                        format!("{at}.step_sla.{st:?}"),
+                        "must be greater than zero".into(),
+                    );
                 }
             }
             for (st, w) in &j.step_weight {
                 if !is_step(st) {
-                    err(format!("{at}.step_weight.{st:?}"), "is not one of this journey's steps".into());
+                    err(
+                        format!("{at}.step_weight.{st:?}"),
+                        "is not one of this journey's steps".into(),
+                    );
                 }
                 if !(w.is_finite() && *w > 0.0) {
-                    err(format!("{at}.step_weight.{st:?}"), "must be a positive number".into());
+                    err(
+                        format!("{at}.step_weight.{st:?}"),
+                        "must be a positive number".into(),
+                    );
                 }
             }
         }
@@ -450,7 +594,10 @@ mod tests {
     fn defaults_apply_to_an_empty_file() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.engine.allowed_lateness, Duration::from_secs(5));
-        assert_eq!(c.friction.repeat_contact.within, Duration::from_secs(7 * 86400));
+        assert_eq!(
+            c.friction.repeat_contact.within,
+            Duration::from_secs(7 * 86400)
+        );
         assert_eq!(c.identity.never_link.len(), 5);
     }
 
@@ -473,7 +620,10 @@ slow_step = { enabled = false }
 "#,
         )
         .unwrap();
-        assert_eq!(c.journeys[0].step_sla["checkout.payment"], Duration::from_secs(300));
+        assert_eq!(
+            c.journeys[0].step_sla["checkout.payment"],
+            Duration::from_secs(300)
+        );
         assert_eq!(c.friction.rage_click.count, 5);
         assert!(!c.friction.slow_step.enabled);
         assert!(c.friction.step_loop.enabled);

@@ -27,7 +27,9 @@ pub const MAX_ATTRIBUTES: usize = 64;
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 /// The wire format of an input message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     Json,
@@ -83,7 +85,10 @@ pub struct Reject {
 
 impl Reject {
     pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Reject { reason, detail: detail.into() }
+        Reject {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -123,7 +128,10 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), Reject> {
     if value.len() > max {
         return Err(Reject::new(
             RejectReason::Oversized,
-            format!("field `{field}` is {} bytes, the limit is {max}", value.len()),
+            format!(
+                "field `{field}` is {} bytes, the limit is {max}",
+                value.len()
+            ),
         ));
     }
     Ok(())
@@ -131,7 +139,10 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), Reject> {
 
 fn required(field: &str, value: Cow<'_, str>, max: usize) -> Result<CompactString, Reject> {
     if value.is_empty() {
-        return Err(Reject::new(RejectReason::MissingField, format!("required field `{field}` is missing or empty")));
+        return Err(Reject::new(
+            RejectReason::MissingField,
+            format!("required field `{field}` is missing or empty"),
+        ));
     }
     check_len(field, &value, max)?;
     Ok(to_compact(value))
@@ -164,13 +175,19 @@ impl Raw<'_> {
         if self.identities.len() > MAX_IDENTITIES {
             return Err(Reject::new(
                 RejectReason::Oversized,
-                format!("`identities` has {} entries, the limit is {MAX_IDENTITIES}", self.identities.len()),
+                format!(
+                    "`identities` has {} entries, the limit is {MAX_IDENTITIES}",
+                    self.identities.len()
+                ),
             ));
         }
         if self.attribute_count > MAX_ATTRIBUTES {
             return Err(Reject::new(
                 RejectReason::Oversized,
-                format!("`attributes` has {} entries, the limit is {MAX_ATTRIBUTES}", self.attribute_count),
+                format!(
+                    "`attributes` has {} entries, the limit is {MAX_ATTRIBUTES}",
+                    self.attribute_count
+                ),
             ));
         }
         let mut identities = Vec::with_capacity(self.identities.len());
@@ -192,14 +209,20 @@ impl Raw<'_> {
         let outcome = match &*self.outcome {
             "" => None,
             s => Some(Outcome::parse(s).ok_or_else(|| {
-                Reject::new(RejectReason::InvalidValue, format!("`outcome` is {s:?}; expected \"success\" or \"failure\""))
+                Reject::new(
+                    RejectReason::InvalidValue,
+                    format!("`outcome` is {s:?}; expected \"success\" or \"failure\""),
+                )
             })?),
         };
         let survey = match self.survey {
             None => None,
             Some((kind, score)) => {
                 let kind = SurveyKind::parse(&kind).ok_or_else(|| {
-                    Reject::new(RejectReason::InvalidValue, format!("`survey.kind` is {kind:?}; expected nps, csat or ces"))
+                    Reject::new(
+                        RejectReason::InvalidValue,
+                        format!("`survey.kind` is {kind:?}; expected nps, csat or ces"),
+                    )
                 })?;
                 let (lo, hi) = kind.range();
                 if score < i64::from(lo) || score > i64::from(hi) {
@@ -208,12 +231,18 @@ impl Raw<'_> {
                         format!("`survey.score` {score} is out of range for {kind} ({lo}-{hi})"),
                     ));
                 }
-                Some(Survey { kind, score: score as i32 })
+                Some(Survey {
+                    kind,
+                    score: score as i32,
+                })
             }
         };
         if let Some(v) = self.value {
             if !v.is_finite() {
-                return Err(Reject::new(RejectReason::InvalidValue, "`value` must be a finite number"));
+                return Err(Reject::new(
+                    RejectReason::InvalidValue,
+                    "`value` must be a finite number",
+                ));
             }
         }
         let channel = Channel::parse(&channel_label);
@@ -257,7 +286,10 @@ fn check_time_range(ms: Millis, shown: &dyn fmt::Display) -> Result<Millis, Reje
 /// Parses an RFC 3339 timestamp to milliseconds.
 pub fn parse_rfc3339(s: &str) -> Result<Millis, Reject> {
     let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
-        Reject::new(RejectReason::InvalidTimestamp, format!("`occurred_at` {s:?} is not RFC 3339: {e}"))
+        Reject::new(
+            RejectReason::InvalidTimestamp,
+            format!("`occurred_at` {s:?} is not RFC 3339: {e}"),
+        )
     })?;
     check_time_range(t.timestamp_millis(), &format_args!("{s:?}"))
 }
@@ -338,14 +370,23 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, Reject> {
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(Reject::new(
             RejectReason::Oversized,
-            format!("event is {} bytes, the limit is {MAX_EVENT_BYTES}", bytes.len()),
+            format!(
+                "event is {} bytes, the limit is {MAX_EVENT_BYTES}",
+                bytes.len()
+            ),
         ));
     }
-    let j: JsonEvent<'_> =
-        serde_json::from_slice(bytes).map_err(|e| Reject::new(RejectReason::InvalidJson, e.to_string()))?;
+    let j: JsonEvent<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| Reject::new(RejectReason::InvalidJson, e.to_string()))?;
     let occurred_at = match j.occurred_at {
-        None => Err(Reject::new(RejectReason::MissingField, "required field `occurred_at` is missing")),
-        Some(s) if s.is_empty() => Err(Reject::new(RejectReason::MissingField, "required field `occurred_at` is empty")),
+        None => Err(Reject::new(
+            RejectReason::MissingField,
+            "required field `occurred_at` is missing",
+        )),
+        Some(s) if s.is_empty() => Err(Reject::new(
+            RejectReason::MissingField,
+            "required field `occurred_at` is empty",
+        )),
         Some(s) => parse_rfc3339(&s),
     };
     let mut attributes = j.attributes.map(|p| p.0).unwrap_or_default();
@@ -383,20 +424,35 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, Reject> {
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(Reject::new(
             RejectReason::Oversized,
-            format!("event is {} bytes, the limit is {MAX_EVENT_BYTES}", bytes.len()),
+            format!(
+                "event is {} bytes, the limit is {MAX_EVENT_BYTES}",
+                bytes.len()
+            ),
         ));
     }
     let p = proto::InteractionEvent::decode(bytes)
         .map_err(|e| Reject::new(RejectReason::InvalidProtobuf, e.to_string()))?;
     let occurred_at = match p.occurred_at {
-        None => Err(Reject::new(RejectReason::MissingField, "required field `occurred_at` is missing")),
+        None => Err(Reject::new(
+            RejectReason::MissingField,
+            "required field `occurred_at` is missing",
+        )),
         Some(ts) => {
             if !(0..1_000_000_000).contains(&ts.nanos) {
-                Err(Reject::new(RejectReason::InvalidTimestamp, format!("`occurred_at.nanos` {} is out of range", ts.nanos)))
+                Err(Reject::new(
+                    RejectReason::InvalidTimestamp,
+                    format!("`occurred_at.nanos` {} is out of range", ts.nanos),
+                ))
             } else {
                 match ts.seconds.checked_mul(1000) {
-                    Some(ms) => check_time_range(ms + i64::from(ts.nanos / 1_000_000), &format_args!("{}s", ts.seconds)),
-                    None => Err(Reject::new(RejectReason::InvalidTimestamp, "`occurred_at.seconds` overflows")),
+                    Some(ms) => check_time_range(
+                        ms + i64::from(ts.nanos / 1_000_000),
+                        &format_args!("{}s", ts.seconds),
+                    ),
+                    None => Err(Reject::new(
+                        RejectReason::InvalidTimestamp,
+                        "`occurred_at.seconds` overflows",
+                    )),
                 }
             }
         }
@@ -404,7 +460,11 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, Reject> {
     let attribute_count = p.attributes.len();
     let mut attributes = p.attributes;
     let element = attributes.remove("element").unwrap_or_default();
-    let mut identities: Vec<_> = p.identities.into_iter().map(|(k, v)| (Cow::Owned(k), Cow::Owned(v))).collect();
+    let mut identities: Vec<_> = p
+        .identities
+        .into_iter()
+        .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
+        .collect();
     identities.truncate(MAX_IDENTITIES + 1);
     Raw {
         event_id: Cow::Owned(p.event_id),
@@ -440,17 +500,31 @@ pub fn to_proto(e: &Event) -> proto::InteractionEvent {
         }),
         customer_id: s(&e.customer_id),
         anonymous_id: s(&e.anonymous_id),
-        identities: e.identities.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        identities: e
+            .identities
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         channel: e.channel.as_str().to_string(),
         touchpoint: e.touchpoint.to_string(),
         action: e.action.as_str().to_string(),
-        outcome: e.outcome.map(|o| o.as_str().to_string()).unwrap_or_default(),
+        outcome: e
+            .outcome
+            .map(|o| o.as_str().to_string())
+            .unwrap_or_default(),
         error_code: s(&e.error_code),
-        survey: e.survey.map(|v| proto::Survey { kind: v.kind.as_str().to_string(), score: v.score }),
+        survey: e.survey.map(|v| proto::Survey {
+            kind: v.kind.as_str().to_string(),
+            score: v.score,
+        }),
         value: e.value,
         segment: s(&e.segment),
         tier: s(&e.tier),
-        attributes: e.element.iter().map(|v| ("element".to_string(), v.to_string())).collect(),
+        attributes: e
+            .element
+            .iter()
+            .map(|v| ("element".to_string(), v.to_string()))
+            .collect(),
     }
 }
 
@@ -458,7 +532,10 @@ pub fn to_proto(e: &Event) -> proto::InteractionEvent {
 pub fn to_json(e: &Event) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     m.insert("event_id".into(), e.event_id.as_str().into());
-    m.insert("occurred_at".into(), crate::event::format_millis(e.occurred_at).into());
+    m.insert(
+        "occurred_at".into(),
+        crate::event::format_millis(e.occurred_at).into(),
+    );
     let mut opt = |k: &str, v: &Option<CompactString>| {
         if let Some(v) = v {
             m.insert(k.into(), v.as_str().into());
@@ -470,8 +547,11 @@ pub fn to_json(e: &Event) -> serde_json::Value {
     opt("segment", &e.segment);
     opt("tier", &e.tier);
     if !e.identities.is_empty() {
-        let ids: serde_json::Map<_, _> =
-            e.identities.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(v.as_str()))).collect();
+        let ids: serde_json::Map<_, _> = e
+            .identities
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.as_str())))
+            .collect();
         m.insert("identities".into(), ids.into());
     }
     m.insert("channel".into(), e.channel.as_str().into());
@@ -481,13 +561,19 @@ pub fn to_json(e: &Event) -> serde_json::Value {
         m.insert("outcome".into(), o.as_str().into());
     }
     if let Some(s) = e.survey {
-        m.insert("survey".into(), serde_json::json!({"kind": s.kind.as_str(), "score": s.score}));
+        m.insert(
+            "survey".into(),
+            serde_json::json!({"kind": s.kind.as_str(), "score": s.score}),
+        );
     }
     if let Some(v) = e.value {
         m.insert("value".into(), v.into());
     }
     if let Some(el) = &e.element {
-        m.insert("attributes".into(), serde_json::json!({"element": el.as_str()}));
+        m.insert(
+            "attributes".into(),
+            serde_json::json!({"element": el.as_str()}),
+        );
     }
     m.into()
 }
@@ -507,14 +593,23 @@ mod tests {
     fn decodes_the_documented_example() {
         let e = decode_json(SAMPLE.as_bytes()).unwrap();
         assert_eq!(e.event_id, "e-1001");
-        assert_eq!(e.occurred_at, parse_rfc3339("2026-11-22T10:00:03.120Z").unwrap());
+        assert_eq!(
+            e.occurred_at,
+            parse_rfc3339("2026-11-22T10:00:03.120Z").unwrap()
+        );
         assert_eq!(e.occurred_at % 1000, 120);
         assert_eq!(e.customer_id.as_deref(), Some("c-42"));
         assert_eq!(e.identities, vec![("device_id".into(), "d-7".into())]);
         assert_eq!(e.channel, Channel::Web);
         assert_eq!(e.action, Action::Error);
         assert_eq!(e.outcome, Some(Outcome::Failure));
-        assert_eq!(e.survey, Some(Survey { kind: SurveyKind::Nps, score: 3 }));
+        assert_eq!(
+            e.survey,
+            Some(Survey {
+                kind: SurveyKind::Nps,
+                score: 3
+            })
+        );
         assert_eq!(e.value, Some(129.90));
         assert_eq!(e.element.as_deref(), Some("pay-button"));
         assert!(e.is_error());
@@ -538,7 +633,10 @@ mod tests {
         .unwrap();
         assert_eq!((e.channel, e.unknown_channel), (Channel::Other, true));
         assert_eq!((e.action, e.unknown_action), (Action::Other, true));
-        assert_eq!(e.occurred_at, parse_rfc3339("2025-12-31T23:00:00Z").unwrap());
+        assert_eq!(
+            e.occurred_at,
+            parse_rfc3339("2025-12-31T23:00:00Z").unwrap()
+        );
     }
 
     fn reason(json: &str) -> RejectReason {
@@ -552,16 +650,35 @@ mod tests {
         assert_eq!(reason(r#"{"event_id":"e"}"#), RejectReason::MissingField);
         assert_eq!(reason(&format!("{{{base}}}")), RejectReason::NoIdentifier);
         assert_eq!(
-            reason(r#"{"event_id":"e","occurred_at":"yesterday","customer_id":"c","channel":"web","touchpoint":"t","action":"view"}"#),
+            reason(
+                r#"{"event_id":"e","occurred_at":"yesterday","customer_id":"c","channel":"web","touchpoint":"t","action":"view"}"#
+            ),
             RejectReason::InvalidTimestamp
         );
-        assert_eq!(reason(&format!(r#"{{{base},"customer_id":"c","survey":{{"kind":"nps","score":11}}}}"#)), RejectReason::InvalidValue);
-        assert_eq!(reason(&format!(r#"{{{base},"customer_id":"c","survey":{{"kind":"ces","score":0}}}}"#)), RejectReason::InvalidValue);
-        assert_eq!(reason(&format!(r#"{{{base},"customer_id":"c","outcome":"meh"}}"#)), RejectReason::InvalidValue);
+        assert_eq!(
+            reason(&format!(
+                r#"{{{base},"customer_id":"c","survey":{{"kind":"nps","score":11}}}}"#
+            )),
+            RejectReason::InvalidValue
+        );
+        assert_eq!(
+            reason(&format!(
+                r#"{{{base},"customer_id":"c","survey":{{"kind":"ces","score":0}}}}"#
+            )),
+            RejectReason::InvalidValue
+        );
+        assert_eq!(
+            reason(&format!(r#"{{{base},"customer_id":"c","outcome":"meh"}}"#)),
+            RejectReason::InvalidValue
+        );
         let long = "x".repeat(MAX_ID_BYTES + 1);
-        let err = decode_json(format!(r#"{{{base},"customer_id":"{long}"}}"#).as_bytes()).unwrap_err();
+        let err =
+            decode_json(format!(r#"{{{base},"customer_id":"{long}"}}"#).as_bytes()).unwrap_err();
         assert_eq!(err.reason, RejectReason::Oversized);
         assert!(err.detail.contains("customer_id"), "{}", err.detail);
-        assert_eq!(decode_protobuf(&[0xff, 0xff, 0xff]).unwrap_err().reason, RejectReason::InvalidProtobuf);
+        assert_eq!(
+            decode_protobuf(&[0xff, 0xff, 0xff]).unwrap_err().reason,
+            RejectReason::InvalidProtobuf
+        );
     }
 }

@@ -22,7 +22,11 @@ pub struct Dedup {
 impl Dedup {
     pub fn new(window: Millis) -> Dedup {
         let window = window.max(4);
-        Dedup { bucket_len: window / 4, window, buckets: VecDeque::new() }
+        Dedup {
+            bucket_len: window / 4,
+            window,
+            buckets: VecDeque::new(),
+        }
     }
 
     /// Records `id` at event time `t`; false if it was already seen.

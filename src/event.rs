@@ -101,12 +101,18 @@ impl SurveyKind {
 impl Channel {
     /// Self-service channels: friction here that is followed by an assisted contact is an escalation.
     pub fn is_digital(self) -> bool {
-        matches!(self, Channel::Web | Channel::MobileApp | Channel::Chatbot | Channel::Ivr)
+        matches!(
+            self,
+            Channel::Web | Channel::MobileApp | Channel::Chatbot | Channel::Ivr
+        )
     }
 
     /// Channels where a person serves the customer.
     pub fn is_assisted(self) -> bool {
-        matches!(self, Channel::ContactCenter | Channel::Chat | Channel::Email | Channel::Store)
+        matches!(
+            self,
+            Channel::ContactCenter | Channel::Chat | Channel::Email | Channel::Store
+        )
     }
 
     /// This channel's bit in a [`ChannelSet`].
@@ -124,10 +130,15 @@ impl ChannelSet {
         self.0 |= c.bit();
     }
     pub fn has_digital(self) -> bool {
-        Channel::ALL.iter().any(|c| c.is_digital() && self.0 & c.bit() != 0)
+        Channel::ALL
+            .iter()
+            .any(|c| c.is_digital() && self.0 & c.bit() != 0)
     }
     pub fn iter(self) -> impl Iterator<Item = Channel> {
-        Channel::ALL.iter().copied().filter(move |c| self.0 & c.bit() != 0)
+        Channel::ALL
+            .iter()
+            .copied()
+            .filter(move |c| self.0 & c.bit() != 0)
     }
 }
 

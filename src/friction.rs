@@ -41,12 +41,21 @@ pub struct FrictionRules {
 impl FrictionRules {
     pub fn new(f: &FrictionSection) -> FrictionRules {
         let th = |c: crate::config::CountWithin| {
-            c.enabled.then_some(Threshold { count: c.count as usize, within: ms(c.within) })
+            c.enabled.then_some(Threshold {
+                count: c.count as usize,
+                within: ms(c.within),
+            })
         };
         FrictionRules {
             repeated_error: th(f.repeated_error),
-            step_loop: f.step_loop.enabled.then_some(f.step_loop.count.min(255) as u8),
-            channel_escalation: f.channel_escalation.enabled.then(|| ms(f.channel_escalation.within)),
+            step_loop: f
+                .step_loop
+                .enabled
+                .then_some(f.step_loop.count.min(255) as u8),
+            channel_escalation: f
+                .channel_escalation
+                .enabled
+                .then(|| ms(f.channel_escalation.within)),
             repeat_contact: th(f.repeat_contact),
             slow_step: f.slow_step.enabled,
             negative_feedback: f.negative_feedback.enabled.then_some(f.negative_feedback),
@@ -57,7 +66,9 @@ impl FrictionRules {
 
     /// Whether a survey answer counts as negative feedback.
     pub fn is_negative(&self, s: Survey) -> bool {
-        let Some(n) = self.negative_feedback else { return false };
+        let Some(n) = self.negative_feedback else {
+            return false;
+        };
         match s.kind {
             SurveyKind::Nps => s.score <= n.nps_max,
             SurveyKind::Csat => s.score <= n.csat_max,
@@ -91,12 +102,21 @@ pub fn count_keyed(
 ) -> Option<Vec<String>> {
     history.retain(|(_, at, _)| *at > t - th.within);
     history.push((key, t, id.clone()));
-    let ids: Vec<String> = history.iter().filter(|(k, _, _)| *k == key).map(|(_, _, id)| id.to_string()).collect();
+    let ids: Vec<String> = history
+        .iter()
+        .filter(|(k, _, _)| *k == key)
+        .map(|(_, _, id)| id.to_string())
+        .collect();
     (ids.len() >= th.count).then_some(ids)
 }
 
 /// The same for an un-keyed history.
-pub fn count_window(history: &mut Vec<(Millis, CompactString)>, t: Millis, id: &CompactString, th: Threshold) -> Option<Vec<String>> {
+pub fn count_window(
+    history: &mut Vec<(Millis, CompactString)>,
+    t: Millis,
+    id: &CompactString,
+    th: Threshold,
+) -> Option<Vec<String>> {
     history.retain(|(at, _)| *at > t - th.within);
     history.push((t, id.clone()));
     (history.len() >= th.count).then(|| history.iter().map(|(_, id)| id.to_string()).collect())
@@ -104,7 +124,13 @@ pub fn count_window(history: &mut Vec<(Millis, CompactString)>, t: Millis, id: &
 
 /// Friction outside journeys: true (and the cooldown starts) unless this profile already had
 /// an alert of this type on this touchpoint within the cooldown.
-pub fn cooldown_allows(p: &mut Profile, ty: AlertType, touchpoint: &str, t: Millis, cooldown: Millis) -> bool {
+pub fn cooldown_allows(
+    p: &mut Profile,
+    ty: AlertType,
+    touchpoint: &str,
+    t: Millis,
+    cooldown: Millis,
+) -> bool {
     let key = touchpoint_key(touchpoint, None) ^ (ty as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let list = &mut p.extra().cooldowns;
     list.retain(|(_, until)| *until > t);
@@ -144,7 +170,11 @@ pub fn build_alert(
     };
     let (score, factors, severity) = scorer.score(ty, step_weight, tier);
     let instance_id = inst.map(|i| i.id_string()).unwrap_or_default();
-    let scope = if instance_id.is_empty() { p.id.as_str() } else { instance_id.as_str() };
+    let scope = if instance_id.is_empty() {
+        p.id.as_str()
+    } else {
+        instance_id.as_str()
+    };
     let step = match (def, subject.step) {
         (Some(d), Some(s)) => d.steps[usize::from(s)].to_string(),
         _ => String::new(),
@@ -154,7 +184,12 @@ pub fn build_alert(
         evidence.drain(..evidence.len() - 10);
     }
     Alert {
-        alert_id: stable_id(&[ty.as_str().as_bytes(), scope.as_bytes(), subject.touchpoint.as_bytes(), subject.trigger.as_bytes()]),
+        alert_id: stable_id(&[
+            ty.as_str().as_bytes(),
+            scope.as_bytes(),
+            subject.touchpoint.as_bytes(),
+            subject.trigger.as_bytes(),
+        ]),
         kind: ty.kind(),
         alert_type: ty,
         severity,
@@ -166,7 +201,9 @@ pub fn build_alert(
         journey_instance_id: instance_id,
         step,
         touchpoint: subject.touchpoint.to_string(),
-        channels: inst.map(|i| i.channels.iter().collect()).unwrap_or_default(),
+        channels: inst
+            .map(|i| i.channels.iter().collect())
+            .unwrap_or_default(),
         occurred_at,
         evidence,
         segment: symbols.name(p.segment).to_string(),
@@ -180,15 +217,27 @@ mod tests {
 
     #[test]
     fn windowed_counts_fire_at_the_threshold_and_forget_old_events() {
-        let th = Threshold { count: 3, within: 1000 };
+        let th = Threshold {
+            count: 3,
+            within: 1000,
+        };
         let mut h = Vec::new();
         let id = |s: &str| CompactString::new(s);
         assert!(count_keyed(&mut h, 1, 0, &id("a"), th).is_none());
-        assert!(count_keyed(&mut h, 2, 100, &id("x"), th).is_none(), "other keys do not count");
+        assert!(
+            count_keyed(&mut h, 2, 100, &id("x"), th).is_none(),
+            "other keys do not count"
+        );
         assert!(count_keyed(&mut h, 1, 500, &id("b"), th).is_none());
-        assert_eq!(count_keyed(&mut h, 1, 900, &id("c"), th), Some(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!(
+            count_keyed(&mut h, 1, 900, &id("c"), th),
+            Some(vec!["a".into(), "b".into(), "c".into()])
+        );
         // 'a' (t=0) is out of the window at t=1000 (window is (t - within, t]).
-        assert_eq!(count_keyed(&mut h, 1, 1000, &id("d"), th), Some(vec!["b".into(), "c".into(), "d".into()]));
+        assert_eq!(
+            count_keyed(&mut h, 1, 1000, &id("d"), th),
+            Some(vec!["b".into(), "c".into(), "d".into()])
+        );
         let mut w = Vec::new();
         assert!(count_window(&mut w, 0, &id("a"), th).is_none());
         assert!(count_window(&mut w, 2000, &id("b"), th).is_none());
@@ -207,10 +256,40 @@ mod tests {
     #[test]
     fn cooldown_suppresses_per_type_and_touchpoint() {
         let mut p = Profile::new("p".into(), false, 0);
-        assert!(cooldown_allows(&mut p, AlertType::RageClick, "home", 0, 3600));
-        assert!(!cooldown_allows(&mut p, AlertType::RageClick, "home", 3599, 3600));
-        assert!(cooldown_allows(&mut p, AlertType::RepeatedError, "home", 10, 3600));
-        assert!(cooldown_allows(&mut p, AlertType::RageClick, "login", 10, 3600));
-        assert!(cooldown_allows(&mut p, AlertType::RageClick, "home", 3600, 3600));
+        assert!(cooldown_allows(
+            &mut p,
+            AlertType::RageClick,
+            "home",
+            0,
+            3600
+        ));
+        assert!(!cooldown_allows(
+            &mut p,
+            AlertType::RageClick,
+            "home",
+            3599,
+            3600
+        ));
+        assert!(cooldown_allows(
+            &mut p,
+            AlertType::RepeatedError,
+            "home",
+            10,
+            3600
+        ));
+        assert!(cooldown_allows(
+            &mut p,
+            AlertType::RageClick,
+            "login",
+            10,
+            3600
+        ));
+        assert!(cooldown_allows(
+            &mut p,
+            AlertType::RageClick,
+            "home",
+            3600,
+            3600
+        ));
     }
 }

@@ -39,7 +39,10 @@ pub struct IdentityRules {
 
 impl IdentityRules {
     fn linkable(&self, value: &str) -> bool {
-        !self.never_link.iter().any(|n| n.eq_ignore_ascii_case(value))
+        !self
+            .never_link
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(value))
     }
 
     /// Fills `out` with the linkable keys of an event (customer first, then anonymous, then
@@ -122,7 +125,10 @@ pub struct Symbols {
 
 impl Default for Symbols {
     fn default() -> Self {
-        Symbols { names: vec![CompactString::default()], index: HashMap::new() }
+        Symbols {
+            names: vec![CompactString::default()],
+            index: HashMap::new(),
+        }
     }
 }
 
@@ -154,7 +160,12 @@ mod tests {
     use crate::decode::decode_json;
 
     fn rules() -> IdentityRules {
-        IdentityRules { never_link: ["", "0", "unknown", "null", "undefined"].map(Into::into).to_vec(), max_identifiers: 8 }
+        IdentityRules {
+            never_link: ["", "0", "unknown", "null", "undefined"]
+                .map(Into::into)
+                .to_vec(),
+            max_identifiers: 8,
+        }
     }
 
     #[test]
@@ -167,7 +178,10 @@ mod tests {
         let mut keys = Vec::new();
         let stopped = rules().keys(&e, &mut keys);
         assert_eq!(stopped, 2);
-        assert_eq!(keys.iter().map(|k| k.kind).collect::<Vec<_>>(), vec![KeyKind::Customer, KeyKind::Other]);
+        assert_eq!(
+            keys.iter().map(|k| k.kind).collect::<Vec<_>>(),
+            vec![KeyKind::Customer, KeyKind::Other]
+        );
         // The same value as customer id and as anonymous id are different identifiers.
         let mut e2 = e.clone();
         e2.customer_id = None;

@@ -59,18 +59,32 @@ impl Catalog {
             let idx = |name: &str| s.steps.iter().position(|x| x == name);
             let entry_mask = match &s.entry_steps {
                 None => 1,
-                Some(list) => list.iter().filter_map(|n| idx(n)).fold(0u64, |m, i| m | (1 << i)),
+                Some(list) => list
+                    .iter()
+                    .filter_map(|n| idx(n))
+                    .fold(0u64, |m, i| m | (1 << i)),
             };
             let def = JourneyDef {
                 name: s.name.as_str().into(),
                 steps: s.steps.iter().map(|x| x.as_str().into()).collect(),
                 entry_mask,
                 abandon_after: ms(s.abandon_after),
-                sla: s.steps.iter().map(|st| s.step_sla.get(st).map(|d| ms(*d))).collect(),
-                weight: s.steps.iter().map(|st| s.step_weight.get(st).copied().unwrap_or(1.0)).collect(),
+                sla: s
+                    .steps
+                    .iter()
+                    .map(|st| s.step_sla.get(st).map(|d| ms(*d)))
+                    .collect(),
+                weight: s
+                    .steps
+                    .iter()
+                    .map(|st| s.step_weight.get(st).copied().unwrap_or(1.0))
+                    .collect(),
             };
             for (si, st) in s.steps.iter().enumerate() {
-                c.by_touchpoint.entry(st.as_str().into()).or_default().push((ji as u16, si as u8));
+                c.by_touchpoint
+                    .entry(st.as_str().into())
+                    .or_default()
+                    .push((ji as u16, si as u8));
             }
             c.journeys.push(def);
         }
@@ -79,7 +93,9 @@ impl Catalog {
 
     /// The (journey, step) pairs a touchpoint is, in journey order.
     pub fn steps_for(&self, touchpoint: &str) -> &[(u16, u8)] {
-        self.by_touchpoint.get(touchpoint).map_or(&[], |v| v.as_slice())
+        self.by_touchpoint
+            .get(touchpoint)
+            .map_or(&[], |v| v.as_slice())
     }
 }
 
@@ -143,7 +159,14 @@ impl Instance {
             fired: 0,
             started: t,
             last: t,
-            steps: vec![StepState { first: NOT_ENTERED, entries: 0 }; def.steps.len()].into_boxed_slice(),
+            steps: vec![
+                StepState {
+                    first: NOT_ENTERED,
+                    entries: 0
+                };
+                def.steps.len()
+            ]
+            .into_boxed_slice(),
             recent: Vec::new(),
             value: f64::NAN,
             extra: None,
@@ -175,11 +198,20 @@ impl Instance {
     }
 
     fn offset(&self, t: Millis) -> u32 {
-        u32::try_from((t - self.started).max(0)).unwrap_or(NOT_ENTERED - 1).min(NOT_ENTERED - 1)
+        u32::try_from((t - self.started).max(0))
+            .unwrap_or(NOT_ENTERED - 1)
+            .min(NOT_ENTERED - 1)
     }
 
     /// Applies an activity event on `step`.
-    pub fn apply(&mut self, step: u8, t: Millis, channel: Channel, event_id: &CompactString, value: Option<f64>) -> Activity {
+    pub fn apply(
+        &mut self,
+        step: u8,
+        t: Millis,
+        channel: Channel,
+        event_id: &CompactString,
+        value: Option<f64>,
+    ) -> Activity {
         let entered = self.current != step;
         let mut first_entry = false;
         if entered {
@@ -204,7 +236,10 @@ impl Instance {
             self.recent.reserve_exact(RECENT_EVENTS);
         }
         self.recent.push((step, event_id.clone()));
-        Activity { entered, first_entry }
+        Activity {
+            entered,
+            first_entry,
+        }
     }
 
     /// Merges another instance of the same journey into this one (identity merge): earliest
@@ -220,7 +255,11 @@ impl Instance {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (x, y) => x.or(y),
             };
-            s.first = first.map_or(NOT_ENTERED, |f| u32::try_from(f - start).unwrap_or(NOT_ENTERED - 1).min(NOT_ENTERED - 1));
+            s.first = first.map_or(NOT_ENTERED, |f| {
+                u32::try_from(f - start)
+                    .unwrap_or(NOT_ENTERED - 1)
+                    .min(NOT_ENTERED - 1)
+            });
             s.entries = s.entries.saturating_add(other.steps[i].entries);
         }
         if other.started < self.started || (other.started == self.started && other.id < self.id) {
@@ -259,7 +298,11 @@ impl Instance {
 
     /// Recent event ids, oldest first (optionally only those on `step`).
     pub fn evidence(&self, step: Option<u8>) -> Vec<String> {
-        self.recent.iter().filter(|(s, _)| step.is_none_or(|x| *s == x)).map(|(_, id)| id.to_string()).collect()
+        self.recent
+            .iter()
+            .filter(|(s, _)| step.is_none_or(|x| *s == x))
+            .map(|(_, id)| id.to_string())
+            .collect()
     }
 
     /// The summary of this instance.
@@ -275,8 +318,9 @@ impl Instance {
         ended: Millis,
         revision: u32,
     ) -> JourneySummary {
-        let mut entered: Vec<(Millis, usize)> =
-            (0..self.steps.len()).filter_map(|i| self.first_entry(i as u8).map(|t| (t, i))).collect();
+        let mut entered: Vec<(Millis, usize)> = (0..self.steps.len())
+            .filter_map(|i| self.first_entry(i as u8).map(|t| (t, i)))
+            .collect();
         entered.sort();
         let steps = entered
             .iter()
@@ -285,14 +329,20 @@ impl Instance {
                 step: def.steps[i].to_string(),
                 first_entered_at: t,
                 entries: u32::from(self.steps[i].entries),
-                seconds: entered.get(k + 1).map(|(next, _)| (next - t) as f64 / 1000.0),
+                seconds: entered
+                    .get(k + 1)
+                    .map(|(next, _)| (next - t) as f64 / 1000.0),
             })
             .collect();
         let surveys = self
             .extra
             .iter()
             .flat_map(|e| e.surveys.iter())
-            .map(|(s, id)| SurveyScore { kind: s.kind, score: s.score, event_id: id.to_string() })
+            .map(|(s, id)| SurveyScore {
+                kind: s.kind,
+                score: s.score,
+                event_id: id.to_string(),
+            })
             .collect();
         JourneySummary {
             journey_instance_id: self.id_string(),
@@ -335,10 +385,34 @@ step_sla = { b = "1m" }"#,
         let d = def();
         let mut i = Instance::open(&d, 0, 1, 1000);
         let id = CompactString::new("e");
-        assert_eq!(i.apply(0, 1000, Channel::Web, &id, None), Activity { entered: true, first_entry: true });
-        assert_eq!(i.apply(0, 1500, Channel::Web, &id, None), Activity { entered: false, first_entry: false });
-        assert_eq!(i.apply(1, 2000, Channel::MobileApp, &id, Some(5.0)), Activity { entered: true, first_entry: true });
-        assert_eq!(i.apply(0, 3000, Channel::Web, &id, None), Activity { entered: true, first_entry: false });
+        assert_eq!(
+            i.apply(0, 1000, Channel::Web, &id, None),
+            Activity {
+                entered: true,
+                first_entry: true
+            }
+        );
+        assert_eq!(
+            i.apply(0, 1500, Channel::Web, &id, None),
+            Activity {
+                entered: false,
+                first_entry: false
+            }
+        );
+        assert_eq!(
+            i.apply(1, 2000, Channel::MobileApp, &id, Some(5.0)),
+            Activity {
+                entered: true,
+                first_entry: true
+            }
+        );
+        assert_eq!(
+            i.apply(0, 3000, Channel::Web, &id, None),
+            Activity {
+                entered: true,
+                first_entry: false
+            }
+        );
         assert_eq!(i.steps[0].entries, 2);
         assert_eq!(i.furthest, 1);
         assert_eq!(i.first_entry(1), Some(2000));

@@ -52,7 +52,16 @@ pub struct Profile {
 
 impl Profile {
     pub fn new(id: CompactString, has_customer: bool, t: Millis) -> Profile {
-        Profile { id, has_customer, segment: 0, tier: 0, last_seen: t, keys: Vec::new(), open: Vec::new(), extra: None }
+        Profile {
+            id,
+            has_customer,
+            segment: 0,
+            tier: 0,
+            last_seen: t,
+            keys: Vec::new(),
+            open: Vec::new(),
+            extra: None,
+        }
     }
 
     pub fn customer_id(&self) -> &str {
@@ -78,7 +87,12 @@ impl Profile {
         if closed.len() == CLOSED_KEEP {
             closed.remove(0);
         }
-        closed.push(Closed { inst, outcome, ended, revision: 1 });
+        closed.push(Closed {
+            inst,
+            outcome,
+            ended,
+            revision: 1,
+        });
     }
 
     /// Merges `other` into this profile. Returns the ids of instances whose timers must be

@@ -54,20 +54,38 @@ impl std::fmt::Display for ReplayReport {
         let e = &self.engine;
         writeln!(f, "records read:     {}", self.records)?;
         writeln!(f, "accepted:         {}", e.accepted)?;
-        writeln!(f, "rejected:         {}", self.rejected_total() + e.unlinkable)?;
+        writeln!(
+            f,
+            "rejected:         {}",
+            self.rejected_total() + e.unlinkable
+        )?;
         for (reason, r) in &self.rejected {
             let at: Vec<_> = r.examples.iter().map(|(n, _)| n.to_string()).collect();
-            writeln!(f, "  {:<18} {:>8}  (records {})", reason.as_str(), r.count, at.join(", "))?;
+            writeln!(
+                f,
+                "  {:<18} {:>8}  (records {})",
+                reason.as_str(),
+                r.count,
+                at.join(", ")
+            )?;
             if let Some((n, detail)) = r.examples.first() {
                 writeln!(f, "    e.g. record {n}: {detail}")?;
             }
         }
         if e.unlinkable > 0 {
-            writeln!(f, "  {:<18} {:>8}  (only never-link identifiers)", "unlinkable", e.unlinkable)?;
+            writeln!(
+                f,
+                "  {:<18} {:>8}  (only never-link identifiers)",
+                "unlinkable", e.unlinkable
+            )?;
         }
         writeln!(f, "late:             {}", e.late)?;
         writeln!(f, "duplicates:       {}", e.duplicates)?;
-        writeln!(f, "unknown channel:  {}   unknown action: {}", e.unknown_channel, e.unknown_action)?;
+        writeln!(
+            f,
+            "unknown channel:  {}   unknown action: {}",
+            e.unknown_channel, e.unknown_action
+        )?;
         writeln!(
             f,
             "profiles:         {} created, {} links, {} merges, {} expired",
@@ -87,7 +105,11 @@ impl std::fmt::Display for ReplayReport {
             writeln!(f, "  {:<18} {:>8}", o.as_str(), n)?;
         }
         if self.summary_revisions > 0 {
-            writeln!(f, "  {:<18} {:>8}  (summaries re-sent with a late survey)", "revised", self.summary_revisions)?;
+            writeln!(
+                f,
+                "  {:<18} {:>8}  (summaries re-sent with a late survey)",
+                "revised", self.summary_revisions
+            )?;
         }
         Ok(())
     }
@@ -100,7 +122,12 @@ pub struct Sinks<'a> {
 }
 
 /// Reads one record: a line (JSON) or a length-delimited message (protobuf). `None` at end.
-fn next_record(input: &mut dyn BufRead, format: Format, buf: &mut Vec<u8>, record: u64) -> Result<Option<Result<(), u64>>, ReplayError> {
+fn next_record(
+    input: &mut dyn BufRead,
+    format: Format,
+    buf: &mut Vec<u8>,
+    record: u64,
+) -> Result<Option<Result<(), u64>>, ReplayError> {
     buf.clear();
     match format {
         Format::Protobuf => {
@@ -116,11 +143,14 @@ fn next_record(input: &mut dyn BufRead, format: Format, buf: &mut Vec<u8>, recor
                 if b[0] & 0x80 == 0 {
                     if len > (MAX_EVENT_BYTES as u64) * 16 {
                         // Skip it without keeping it in memory; the decoder reports the size.
-                        io::copy(&mut Read::take(&mut *input, len), &mut io::sink()).map_err(ReplayError::Read)?;
+                        io::copy(&mut Read::take(&mut *input, len), &mut io::sink())
+                            .map_err(ReplayError::Read)?;
                         return Ok(Some(Err(len)));
                     }
                     buf.resize(len as usize, 0);
-                    input.read_exact(buf).map_err(|_| ReplayError::BadFrame { record })?;
+                    input
+                        .read_exact(buf)
+                        .map_err(|_| ReplayError::BadFrame { record })?;
                     return Ok(Some(Ok(())));
                 }
             }
@@ -154,13 +184,17 @@ pub fn replay(
     let mut buf = Vec::with_capacity(1024);
     let mut out = Vec::new();
     let mut consumed = 0u64;
-    let Sinks { alerts, mut journeys } = sinks;
+    let Sinks {
+        alerts,
+        mut journeys,
+    } = sinks;
     let mut write = |out: &mut Vec<Output>, report: &mut ReplayReport| -> Result<(), ReplayError> {
         for o in out.drain(..) {
             match &o {
                 Output::Alert(a) => {
                     *report.alerts.entry(a.alert_type).or_default() += 1;
-                    serde_json::to_writer(&mut *alerts, a).map_err(|e| ReplayError::Write(e.into()))?;
+                    serde_json::to_writer(&mut *alerts, a)
+                        .map_err(|e| ReplayError::Write(e.into()))?;
                     alerts.write_all(b"\n").map_err(ReplayError::Write)?;
                 }
                 Output::Journey(j) => {
@@ -170,7 +204,8 @@ pub fn replay(
                         report.summary_revisions += 1;
                     }
                     if let Some(w) = journeys.as_deref_mut() {
-                        serde_json::to_writer(&mut *w, j).map_err(|e| ReplayError::Write(e.into()))?;
+                        serde_json::to_writer(&mut *w, j)
+                            .map_err(|e| ReplayError::Write(e.into()))?;
                         w.write_all(b"\n").map_err(ReplayError::Write)?;
                     }
                 }
@@ -180,7 +215,9 @@ pub fn replay(
     };
     loop {
         let record = report.records + 1;
-        let Some(framed) = next_record(input, format, &mut buf, record)? else { break };
+        let Some(framed) = next_record(input, format, &mut buf, record)? else {
+            break;
+        };
         if format != Format::Protobuf && buf.iter().all(u8::is_ascii_whitespace) {
             consumed += buf.len() as u64 + 1;
             continue; // blank lines are not records

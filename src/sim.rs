@@ -29,7 +29,13 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { seed: 1, customers: 1000, start: 1_795_000_000_000, session_gap: 3_600_000, disorder: 0 }
+        SimConfig {
+            seed: 1,
+            customers: 1000,
+            start: 1_795_000_000_000,
+            session_gap: 3_600_000,
+            disorder: 0,
+        }
     }
 }
 
@@ -84,7 +90,13 @@ pub struct Simulator {
     held_seq: u64,
 }
 
-const CHECKOUT: [&str; 5] = ["cart.view", "checkout.start", "checkout.shipping", "checkout.payment", "order.confirmed"];
+const CHECKOUT: [&str; 5] = [
+    "cart.view",
+    "checkout.start",
+    "checkout.shipping",
+    "checkout.payment",
+    "order.confirmed",
+];
 
 impl Simulator {
     pub fn new(cfg: SimConfig) -> Simulator {
@@ -131,7 +143,16 @@ impl Simulator {
         let roll = r.u32(0..100);
         let checkout_upto = |r: &mut fastrand::Rng, s: &mut Vec<Step>, upto: usize| {
             for (i, tp) in CHECKOUT[..upto].iter().enumerate() {
-                let mut st = step(r.f64() * 50.0 + 10.0, d, tp, if i == 4 { Action::Purchase } else { Action::View });
+                let mut st = step(
+                    r.f64() * 50.0 + 10.0,
+                    d,
+                    tp,
+                    if i == 4 {
+                        Action::Purchase
+                    } else {
+                        Action::View
+                    },
+                );
                 if i >= 3 {
                     st.value = Some((r.f64() * 300.0 * 100.0).round() / 100.0 + 5.0);
                 }
@@ -144,8 +165,16 @@ impl Simulator {
                 s.push(login);
                 checkout_upto(r, &mut s, 5);
                 if r.u32(0..100) < 30 {
-                    let mut q = step(r.f64() * 3600.0 + 600.0, Channel::Email, "survey.nps", Action::Survey);
-                    q.survey = Some(Survey { kind: SurveyKind::Nps, score: r.i32(5..11) });
+                    let mut q = step(
+                        r.f64() * 3600.0 + 600.0,
+                        Channel::Email,
+                        "survey.nps",
+                        Action::Survey,
+                    );
+                    q.survey = Some(Survey {
+                        kind: SurveyKind::Nps,
+                        score: r.i32(5..11),
+                    });
                     s.push(q);
                 }
             }
@@ -166,12 +195,30 @@ impl Simulator {
                     e.failure = true;
                     s.push(e);
                 }
-                s.push(step(r.f64() * 600.0 + 60.0, Channel::ContactCenter, "support.contact", Action::Contact));
+                s.push(step(
+                    r.f64() * 600.0 + 60.0,
+                    Channel::ContactCenter,
+                    "support.contact",
+                    Action::Contact,
+                ));
                 if r.bool() {
-                    s.push(step(r.f64() * 300.0 + 60.0, Channel::ContactCenter, "support.resolved", Action::Other));
+                    s.push(step(
+                        r.f64() * 300.0 + 60.0,
+                        Channel::ContactCenter,
+                        "support.resolved",
+                        Action::Other,
+                    ));
                 }
-                let mut q = step(r.f64() * 1800.0 + 300.0, Channel::Sms, "survey.csat", Action::Survey);
-                q.survey = Some(Survey { kind: SurveyKind::Csat, score: r.i32(1..4) });
+                let mut q = step(
+                    r.f64() * 1800.0 + 300.0,
+                    Channel::Sms,
+                    "survey.csat",
+                    Action::Survey,
+                );
+                q.survey = Some(Survey {
+                    kind: SurveyKind::Csat,
+                    score: r.i32(1..4),
+                });
                 s.push(q);
             }
             // Rage clicks on the pay button, then buy or leave.
@@ -191,28 +238,63 @@ impl Simulator {
             63..=67 => {
                 s.push(login);
                 checkout_upto(r, &mut s, 4);
-                s.push(step(360.0 + r.f64() * 300.0, d, "order.confirmed", Action::Purchase));
+                s.push(step(
+                    360.0 + r.f64() * 300.0,
+                    d,
+                    "order.confirmed",
+                    Action::Purchase,
+                ));
             }
             // Looping between shipping and payment.
             68..=72 => {
                 s.push(login);
                 checkout_upto(r, &mut s, 3);
                 for _ in 0..3 {
-                    s.push(step(r.f64() * 30.0 + 5.0, d, "checkout.payment", Action::View));
-                    s.push(step(r.f64() * 30.0 + 5.0, d, "checkout.shipping", Action::View));
+                    s.push(step(
+                        r.f64() * 30.0 + 5.0,
+                        d,
+                        "checkout.payment",
+                        Action::View,
+                    ));
+                    s.push(step(
+                        r.f64() * 30.0 + 5.0,
+                        d,
+                        "checkout.shipping",
+                        Action::View,
+                    ));
                 }
             }
             // Delivery tracking; some never see "delivered" in time.
             73..=82 => {
                 s.push(login);
-                s.push(step(r.f64() * 60.0, Channel::Email, "order.shipped", Action::View));
+                s.push(step(
+                    r.f64() * 60.0,
+                    Channel::Email,
+                    "order.shipped",
+                    Action::View,
+                ));
                 for _ in 0..r.usize(1..4) {
-                    s.push(step(r.f64() * 7200.0 + 600.0, Channel::MobileApp, "delivery.tracking", Action::View));
+                    s.push(step(
+                        r.f64() * 7200.0 + 600.0,
+                        Channel::MobileApp,
+                        "delivery.tracking",
+                        Action::View,
+                    ));
                 }
                 if r.u32(0..100) < 80 {
-                    s.push(step(r.f64() * 3600.0, Channel::Sms, "order.delivered", Action::View));
+                    s.push(step(
+                        r.f64() * 3600.0,
+                        Channel::Sms,
+                        "order.delivered",
+                        Action::View,
+                    ));
                 } else {
-                    s.push(step(r.f64() * 600.0, Channel::Chat, "support.contact", Action::Contact));
+                    s.push(step(
+                        r.f64() * 600.0,
+                        Channel::Chat,
+                        "support.contact",
+                        Action::Contact,
+                    ));
                 }
             }
             // Support: help pages, chatbot, chat or call; some call again and again.
@@ -220,18 +302,45 @@ impl Simulator {
                 s.push(login);
                 s.push(step(r.f64() * 30.0, d, "help.article", Action::View));
                 if r.bool() {
-                    s.push(step(r.f64() * 60.0, Channel::Chatbot, "help.chatbot", Action::View));
+                    s.push(step(
+                        r.f64() * 60.0,
+                        Channel::Chatbot,
+                        "help.chatbot",
+                        Action::View,
+                    ));
                 }
                 let contacts = if r.u32(0..100) < 25 { 3 } else { 1 };
                 for _ in 0..contacts {
-                    let ch = if r.bool() { Channel::Chat } else { Channel::ContactCenter };
-                    s.push(step(r.f64() * 1200.0 + 60.0, ch, "support.contact", Action::Contact));
+                    let ch = if r.bool() {
+                        Channel::Chat
+                    } else {
+                        Channel::ContactCenter
+                    };
+                    s.push(step(
+                        r.f64() * 1200.0 + 60.0,
+                        ch,
+                        "support.contact",
+                        Action::Contact,
+                    ));
                 }
                 if r.u32(0..100) < 70 {
-                    s.push(step(r.f64() * 600.0 + 30.0, Channel::ContactCenter, "support.resolved", Action::Other));
+                    s.push(step(
+                        r.f64() * 600.0 + 30.0,
+                        Channel::ContactCenter,
+                        "support.resolved",
+                        Action::Other,
+                    ));
                 }
-                let mut q = step(r.f64() * 600.0 + 60.0, Channel::Email, "survey.ces", Action::Survey);
-                q.survey = Some(Survey { kind: SurveyKind::Ces, score: r.i32(1..8) });
+                let mut q = step(
+                    r.f64() * 600.0 + 60.0,
+                    Channel::Email,
+                    "survey.ces",
+                    Action::Survey,
+                );
+                q.survey = Some(Survey {
+                    kind: SurveyKind::Ces,
+                    score: r.i32(1..8),
+                });
                 s.push(q);
             }
             // Errors on the login page, outside any journey.
@@ -261,15 +370,25 @@ impl Simulator {
             occurred_at: t,
             customer_id: (identified || !digital).then(|| format_compact!("c-{c}")),
             anonymous_id: digital.then(|| format_compact!("a-{c:x}-{:x}", sess.session)),
-            identities: if digital { vec![(CompactString::const_new("device_id"), device)] } else { vec![] },
+            identities: if digital {
+                vec![(CompactString::const_new("device_id"), device)]
+            } else {
+                vec![]
+            },
             channel: st.channel,
             touchpoint: CompactString::const_new(st.touchpoint),
             action: st.action,
             outcome: st.failure.then_some(Outcome::Failure),
-            error_code: st.failure.then(|| CompactString::const_new("card_declined")),
+            error_code: st
+                .failure
+                .then(|| CompactString::const_new("card_declined")),
             survey: st.survey,
             value: st.value,
-            segment: Some(CompactString::const_new(if c % 5 == 0 { "business" } else { "consumer" })),
+            segment: Some(CompactString::const_new(if c % 5 == 0 {
+                "business"
+            } else {
+                "consumer"
+            })),
             tier: Some(CompactString::const_new(match c % 20 {
                 0 => "platinum",
                 1..=3 => "gold",
@@ -290,18 +409,28 @@ impl Simulator {
             if self.sessions[idx].is_none() {
                 let (steps, digital) = self.script();
                 let session = self.rng.u64(..);
-                self.sessions[idx] = Some(Session { customer: c, session, steps: steps.into_iter(), identified: false, digital });
+                self.sessions[idx] = Some(Session {
+                    customer: c,
+                    session,
+                    steps: steps.into_iter(),
+                    identified: false,
+                    digital,
+                });
             }
             let next = self.sessions[idx].as_mut().and_then(|s| s.steps.next());
             match next {
                 Some(st) => {
                     let e = self.make_event(idx, &st, t);
-                    let after = self.sessions[idx].as_ref().and_then(|s| s.steps.as_slice().first().map(|n| n.after));
+                    let after = self.sessions[idx]
+                        .as_ref()
+                        .and_then(|s| s.steps.as_slice().first().map(|n| n.after));
                     match after {
                         Some(a) => self.agenda.push(Reverse((t + a.max(1), c))),
                         None => {
                             self.sessions[idx] = None;
-                            let gap = self.rng.i64(self.cfg.session_gap / 2..=self.cfg.session_gap.max(1) * 3 / 2);
+                            let gap = self.rng.i64(
+                                self.cfg.session_gap / 2..=self.cfg.session_gap.max(1) * 3 / 2,
+                            );
                             self.agenda.push(Reverse((t + gap.max(1), c)));
                         }
                     }
@@ -309,7 +438,8 @@ impl Simulator {
                 }
                 None => {
                     self.sessions[idx] = None;
-                    self.agenda.push(Reverse((t + self.cfg.session_gap.max(1), c)));
+                    self.agenda
+                        .push(Reverse((t + self.cfg.session_gap.max(1), c)));
                 }
             }
         }
@@ -358,7 +488,10 @@ mod tests {
 
     #[test]
     fn same_seed_same_events_and_time_order() {
-        let cfg = SimConfig { customers: 50, ..SimConfig::default() };
+        let cfg = SimConfig {
+            customers: 50,
+            ..SimConfig::default()
+        };
         let a: Vec<_> = Simulator::new(cfg.clone()).take(500).collect();
         let b: Vec<_> = Simulator::new(cfg).take(500).collect();
         assert_eq!(a, b);
@@ -369,12 +502,19 @@ mod tests {
 
     #[test]
     fn disorder_stays_within_its_bound() {
-        let cfg = SimConfig { customers: 50, disorder: 2000, ..SimConfig::default() };
+        let cfg = SimConfig {
+            customers: 50,
+            disorder: 2000,
+            ..SimConfig::default()
+        };
         let evs: Vec<_> = Simulator::new(cfg).take(2000).collect();
         let mut max = Millis::MIN;
         let mut displaced = 0;
         for e in &evs {
-            assert!(e.occurred_at >= max.saturating_sub(2000), "displaced more than the bound");
+            assert!(
+                e.occurred_at >= max.saturating_sub(2000),
+                "displaced more than the bound"
+            );
             if e.occurred_at < max {
                 displaced += 1;
             }

@@ -53,7 +53,12 @@ impl Rules {
         Rules {
             catalog: Catalog::new(&c.journeys),
             identity: IdentityRules {
-                never_link: c.identity.never_link.iter().map(|s| s.as_str().into()).collect(),
+                never_link: c
+                    .identity
+                    .never_link
+                    .iter()
+                    .map(|s| s.as_str().into())
+                    .collect(),
                 max_identifiers: c.identity.max_identifiers,
             },
             friction: FrictionRules::new(&c.friction),
@@ -235,7 +240,11 @@ impl Engine {
         self.stats.accepted += 1;
         self.stats.unknown_channel += u64::from(event.unknown_channel);
         self.stats.unknown_action += u64::from(event.unknown_action);
-        self.pending.push(Reverse(Pending { t, id_hash, event: Box::new(event) }));
+        self.pending.push(Reverse(Pending {
+            t,
+            id_hash,
+            event: Box::new(event),
+        }));
         if t > self.max_seen {
             self.max_seen = t;
             self.advance_to(t.saturating_sub(self.rules.allowed_lateness), out);
@@ -256,12 +265,16 @@ impl Engine {
             let next_timer = self.timers.peek().map(|t| t.0.due).filter(|d| *d < w);
             match (next_event, next_timer) {
                 (_, Some(d)) if next_event.is_none_or(|t| d <= t) => {
-                    let Some(Reverse(timer)) = self.timers.pop() else { break };
+                    let Some(Reverse(timer)) = self.timers.pop() else {
+                        break;
+                    };
                     self.maybe_sweep(d);
                     self.fire(timer, out);
                 }
                 (Some(t), _) => {
-                    let Some(Reverse(p)) = self.pending.pop() else { break };
+                    let Some(Reverse(p)) = self.pending.pop() else {
+                        break;
+                    };
                     self.maybe_sweep(t);
                     self.apply(*p.event, out);
                 }
@@ -315,7 +328,10 @@ impl Engine {
         let mut cands = std::mem::take(&mut self.slots);
         self.stats.guardrail_never_link += u64::from(self.rules.identity.keys(e, &mut keys));
         cands.clear();
-        let customer = keys.iter().find(|k| k.kind == KeyKind::Customer).map(|k| k.hash);
+        let customer = keys
+            .iter()
+            .find(|k| k.kind == KeyKind::Customer)
+            .map(|k| k.hash);
         for k in &keys {
             if let Some(s) = self.index.get(k.hash) {
                 if !cands.contains(&s) {
@@ -327,14 +343,25 @@ impl Engine {
         if primary.is_none() {
             primary = if customer.is_some() {
                 // A customer seen for the first time adopts the anonymous profile it logs in from.
-                cands.iter().copied().find(|&s| !self.profile(s).has_customer)
+                cands
+                    .iter()
+                    .copied()
+                    .find(|&s| !self.profile(s).has_customer)
             } else {
-                cands.iter().copied().find(|&s| self.profile(s).has_customer).or(cands.first().copied())
+                cands
+                    .iter()
+                    .copied()
+                    .find(|&s| self.profile(s).has_customer)
+                    .or(cands.first().copied())
             };
         }
         let primary = match primary {
             Some(s) => s,
-            None => self.new_profile(Profile::new(IdentityRules::profile_id(e), customer.is_some(), t)),
+            None => self.new_profile(Profile::new(
+                IdentityRules::profile_id(e),
+                customer.is_some(),
+                t,
+            )),
         };
         if let (Some(c), false) = (&e.customer_id, self.profile(primary).has_customer) {
             if customer.is_some() {
@@ -374,7 +401,9 @@ impl Engine {
     }
 
     fn merge(&mut self, from: u32, into: u32, t: Millis) {
-        let Some(other) = self.profiles[from as usize].take() else { return };
+        let Some(other) = self.profiles[from as usize].take() else {
+            return;
+        };
         self.free.push(from);
         self.stats.identity_merges += 1;
         for &k in &other.keys {
@@ -384,14 +413,26 @@ impl Engine {
         // Re-arm timers of instances that now live in `into` (the old ones find nothing).
         for id in moved {
             let p = self.profile(into);
-            let Some(inst) = p.open.iter().find(|i| i.id == id) else { continue };
+            let Some(inst) = p.open.iter().find(|i| i.id == id) else {
+                continue;
+            };
             let def = &self.rules.catalog.journeys[usize::from(inst.journey)];
-            let mut arm = vec![Timer { due: inst.last + def.abandon_after, instance: id, kind: DROP_OFF, slot: into }];
+            let mut arm = vec![Timer {
+                due: inst.last + def.abandon_after,
+                instance: id,
+                kind: DROP_OFF,
+                slot: into,
+            }];
             if self.rules.friction.slow_step && !inst.has_fired(AlertType::SlowStep) {
                 for (s, sla) in def.sla.iter().enumerate() {
                     if let (Some(sla), Some(first)) = (sla, inst.first_entry(s as u8)) {
                         if first + sla > t {
-                            arm.push(Timer { due: first + sla, instance: id, kind: s as u8 + 1, slot: into });
+                            arm.push(Timer {
+                                due: first + sla,
+                                instance: id,
+                                kind: s as u8 + 1,
+                                slot: into,
+                            });
                         }
                     }
                 }
@@ -407,7 +448,14 @@ impl Engine {
         let slot = self.resolve(&e, t);
         let mut touched = std::mem::take(&mut self.touched);
         touched.clear();
-        let Engine { rules, profiles, symbols, timers, stats, .. } = self;
+        let Engine {
+            rules,
+            profiles,
+            symbols,
+            timers,
+            stats,
+            ..
+        } = self;
         let p = profiles[slot as usize].as_mut().expect("resolved slot");
         let fr = &rules.friction;
         let journeys = &rules.catalog.journeys;
@@ -420,26 +468,74 @@ impl Engine {
                 }
             }
         }
-        let mut alert = |p: &Profile, ty: AlertType, subject: Subject<'_>, at: Millis, evidence: Vec<String>, out: &mut Vec<Output>| {
+        let mut alert = |p: &Profile,
+                         ty: AlertType,
+                         subject: Subject<'_>,
+                         at: Millis,
+                         evidence: Vec<String>,
+                         out: &mut Vec<Output>| {
             stats.alerts[ty as usize] += 1;
-            out.push(Output::Alert(build_alert(&rules.scorer, symbols, p, ty, subject, at, evidence)));
+            out.push(Output::Alert(build_alert(
+                &rules.scorer,
+                symbols,
+                p,
+                ty,
+                subject,
+                at,
+                evidence,
+            )));
         };
 
         // channel_escalation: judged on the state before this contact is applied.
-        if let (Some(within), Action::Contact, true) = (fr.channel_escalation, e.action, e.channel.is_assisted()) {
-            let eligible = |i: &Instance| i.channels.has_digital() && i.last >= t - within && !i.has_fired(AlertType::ChannelEscalation);
-            let open = p.open.iter().enumerate().filter(|(_, i)| eligible(i)).map(|(k, i)| (i.last, i.id, k, false));
-            let closed = p.closed().iter().enumerate().filter(|(_, c)| c.outcome == JourneyOutcome::Abandoned && eligible(&c.inst));
-            let best = open.chain(closed.map(|(k, c)| (c.inst.last, c.inst.id, k, true))).max();
+        if let (Some(within), Action::Contact, true) =
+            (fr.channel_escalation, e.action, e.channel.is_assisted())
+        {
+            let eligible = |i: &Instance| {
+                i.channels.has_digital()
+                    && i.last >= t - within
+                    && !i.has_fired(AlertType::ChannelEscalation)
+            };
+            let open = p
+                .open
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| eligible(i))
+                .map(|(k, i)| (i.last, i.id, k, false));
+            let closed = p
+                .closed()
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.outcome == JourneyOutcome::Abandoned && eligible(&c.inst));
+            let best = open
+                .chain(closed.map(|(k, c)| (c.inst.last, c.inst.id, k, true)))
+                .max();
             if let Some((_, _, k, is_closed)) = best {
-                let inst = if is_closed { &mut p.extra().closed[k].inst } else { &mut p.open[k] };
+                let inst = if is_closed {
+                    &mut p.extra().closed[k].inst
+                } else {
+                    &mut p.open[k]
+                };
                 inst.fire(AlertType::ChannelEscalation);
-                let inst = if is_closed { &p.closed()[k].inst } else { &p.open[k] };
+                let inst = if is_closed {
+                    &p.closed()[k].inst
+                } else {
+                    &p.open[k]
+                };
                 let def = &journeys[usize::from(inst.journey)];
-                let step = rules.catalog.steps_for(&e.touchpoint).iter().find(|(j, _)| *j == inst.journey).map(|x| x.1);
+                let step = rules
+                    .catalog
+                    .steps_for(&e.touchpoint)
+                    .iter()
+                    .find(|(j, _)| *j == inst.journey)
+                    .map(|x| x.1);
                 let mut ev = inst.evidence(None);
                 ev.push(e.event_id.to_string());
-                let subject = Subject { journey: Some((def, inst)), step, touchpoint: &e.touchpoint, trigger: &e.event_id };
+                let subject = Subject {
+                    journey: Some((def, inst)),
+                    step,
+                    touchpoint: &e.touchpoint,
+                    trigger: &e.event_id,
+                };
                 alert(p, AlertType::ChannelEscalation, subject, t, ev, out);
             }
         }
@@ -456,15 +552,27 @@ impl Engine {
                     }
                     p.open.push(Instance::open(def, j, id, t));
                     stats.journeys_started += 1;
-                    timers.push(Reverse(Timer { due: t + def.abandon_after, instance: id, kind: DROP_OFF, slot }));
+                    timers.push(Reverse(Timer {
+                        due: t + def.abandon_after,
+                        instance: id,
+                        kind: DROP_OFF,
+                        slot,
+                    }));
                     p.open.len() - 1
                 }
                 None => continue,
             };
             let inst = &mut p.open[idx];
             let act = inst.apply(s, t, e.channel, &e.event_id, e.value);
-            if let (true, true, Some(sla)) = (act.first_entry, fr.slow_step, def.sla[usize::from(s)]) {
-                timers.push(Reverse(Timer { due: t + sla, instance: inst.id, kind: s + 1, slot }));
+            if let (true, true, Some(sla)) =
+                (act.first_entry, fr.slow_step, def.sla[usize::from(s)])
+            {
+                timers.push(Reverse(Timer {
+                    due: t + sla,
+                    instance: inst.id,
+                    kind: s + 1,
+                    slot,
+                }));
             }
             touched.push((idx, s, act));
         }
@@ -474,17 +582,37 @@ impl Engine {
             let def = &journeys[usize::from(p.open[idx].journey)];
             if let Some(count) = fr.step_loop {
                 let inst = &mut p.open[idx];
-                if act.entered && inst.steps[usize::from(s)].entries >= count && inst.fire(AlertType::StepLoop) {
+                if act.entered
+                    && inst.steps[usize::from(s)].entries >= count
+                    && inst.fire(AlertType::StepLoop)
+                {
                     let inst = &p.open[idx];
-                    let subject = Subject { journey: Some((def, inst)), step: Some(s), touchpoint: &e.touchpoint, trigger: &e.event_id };
-                    alert(p, AlertType::StepLoop, subject, t, inst.evidence(Some(s)), out);
+                    let subject = Subject {
+                        journey: Some((def, inst)),
+                        step: Some(s),
+                        touchpoint: &e.touchpoint,
+                        trigger: &e.event_id,
+                    };
+                    alert(
+                        p,
+                        AlertType::StepLoop,
+                        subject,
+                        t,
+                        inst.evidence(Some(s)),
+                        out,
+                    );
                 }
             }
             if let (Some(th), true) = (fr.repeated_error, e.is_error()) {
                 let inst = &mut p.open[idx];
                 let hit = friction::count_window(&mut inst.extra().errors, t, &e.event_id, th);
                 if let Some(ev) = hit.filter(|_| inst.fire(AlertType::RepeatedError)) {
-                    let subject = Subject { journey: Some((def, &p.open[idx])), step: Some(s), touchpoint: &e.touchpoint, trigger: &e.event_id };
+                    let subject = Subject {
+                        journey: Some((def, &p.open[idx])),
+                        step: Some(s),
+                        touchpoint: &e.touchpoint,
+                        trigger: &e.event_id,
+                    };
                     alert(p, AlertType::RepeatedError, subject, t, ev, out);
                 }
             }
@@ -494,19 +622,45 @@ impl Engine {
         if let (Some(th), true, true) = (fr.repeated_error, e.is_error(), touched.is_empty()) {
             let key = friction::touchpoint_key(&e.touchpoint, None);
             let hit = friction::count_keyed(&mut p.extra().loose_errors, key, t, &e.event_id, th);
-            if let Some(ev) = hit.filter(|_| friction::cooldown_allows(p, AlertType::RepeatedError, &e.touchpoint, t, fr.cooldown)) {
-                let subject = Subject { journey: None, step: None, touchpoint: &e.touchpoint, trigger: &e.event_id };
+            if let Some(ev) = hit.filter(|_| {
+                friction::cooldown_allows(
+                    p,
+                    AlertType::RepeatedError,
+                    &e.touchpoint,
+                    t,
+                    fr.cooldown,
+                )
+            }) {
+                let subject = Subject {
+                    journey: None,
+                    step: None,
+                    touchpoint: &e.touchpoint,
+                    trigger: &e.event_id,
+                };
                 alert(p, AlertType::RepeatedError, subject, t, ev, out);
             }
         }
 
         // rage_click: clicks on one touchpoint and element, within seconds.
         if let (Some(th), Action::Click) = (fr.rage_click, e.action) {
-            let key = friction::touchpoint_key(&e.touchpoint, Some(e.element.as_deref().unwrap_or("")));
-            if let Some(ev) = friction::count_keyed(&mut p.extra().clicks, key, t, &e.event_id, th) {
+            let key =
+                friction::touchpoint_key(&e.touchpoint, Some(e.element.as_deref().unwrap_or("")));
+            if let Some(ev) = friction::count_keyed(&mut p.extra().clicks, key, t, &e.event_id, th)
+            {
                 if touched.is_empty() {
-                    if friction::cooldown_allows(p, AlertType::RageClick, &e.touchpoint, t, fr.cooldown) {
-                        let subject = Subject { journey: None, step: None, touchpoint: &e.touchpoint, trigger: &e.event_id };
+                    if friction::cooldown_allows(
+                        p,
+                        AlertType::RageClick,
+                        &e.touchpoint,
+                        t,
+                        fr.cooldown,
+                    ) {
+                        let subject = Subject {
+                            journey: None,
+                            step: None,
+                            touchpoint: &e.touchpoint,
+                            trigger: &e.event_id,
+                        };
                         alert(p, AlertType::RageClick, subject, t, ev, out);
                     }
                 } else {
@@ -514,7 +668,12 @@ impl Engine {
                         if p.open[idx].fire(AlertType::RageClick) {
                             let inst = &p.open[idx];
                             let def = &journeys[usize::from(inst.journey)];
-                            let subject = Subject { journey: Some((def, inst)), step: Some(s), touchpoint: &e.touchpoint, trigger: &e.event_id };
+                            let subject = Subject {
+                                journey: Some((def, inst)),
+                                step: Some(s),
+                                touchpoint: &e.touchpoint,
+                                trigger: &e.event_id,
+                            };
                             alert(p, AlertType::RageClick, subject, t, ev.clone(), out);
                         }
                     }
@@ -526,7 +685,12 @@ impl Engine {
         if let (Some(th), Action::Contact) = (fr.repeat_contact, e.action) {
             if let Some(ev) = friction::count_window(&mut p.extra().contacts, t, &e.event_id, th) {
                 p.extra().contacts.clear();
-                let subject = Subject { journey: None, step: None, touchpoint: &e.touchpoint, trigger: &e.event_id };
+                let subject = Subject {
+                    journey: None,
+                    step: None,
+                    touchpoint: &e.touchpoint,
+                    trigger: &e.event_id,
+                };
                 alert(p, AlertType::RepeatContact, subject, t, ev, out);
             }
         }
@@ -534,8 +698,19 @@ impl Engine {
         // Surveys attach to the open instance most recently active, else the latest closed one.
         if let Some(survey) = e.survey {
             let negative = fr.is_negative(survey);
-            let open = p.open.iter().enumerate().map(|(k, i)| (i.last, i.id, k)).max();
-            let closed = p.closed().iter().enumerate().filter(|(_, c)| c.ended >= t - rules.survey_attribution).map(|(k, c)| (c.ended, c.inst.id, k)).max();
+            let open = p
+                .open
+                .iter()
+                .enumerate()
+                .map(|(k, i)| (i.last, i.id, k))
+                .max();
+            let closed = p
+                .closed()
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.ended >= t - rules.survey_attribution)
+                .map(|(k, c)| (c.ended, c.inst.id, k))
+                .max();
             let target = match (open, closed) {
                 (Some((_, _, k)), _) => Some((k, false)),
                 (None, Some((_, _, k))) => Some((k, true)),
@@ -543,15 +718,40 @@ impl Engine {
             };
             match target {
                 Some((k, is_closed)) => {
-                    let inst = if is_closed { &mut p.extra().closed[k].inst } else { &mut p.open[k] };
+                    let inst = if is_closed {
+                        &mut p.extra().closed[k].inst
+                    } else {
+                        &mut p.open[k]
+                    };
                     inst.extra().surveys.push((survey, e.event_id.clone()));
                     let fire = negative && inst.fire(AlertType::NegativeFeedback);
-                    let inst = if is_closed { &p.closed()[k].inst } else { &p.open[k] };
+                    let inst = if is_closed {
+                        &p.closed()[k].inst
+                    } else {
+                        &p.open[k]
+                    };
                     let def = &journeys[usize::from(inst.journey)];
                     if fire {
-                        let step = rules.catalog.steps_for(&e.touchpoint).iter().find(|(j, _)| *j == inst.journey).map(|x| x.1);
-                        let subject = Subject { journey: Some((def, inst)), step, touchpoint: &e.touchpoint, trigger: &e.event_id };
-                        alert(p, AlertType::NegativeFeedback, subject, t, vec![e.event_id.to_string()], out);
+                        let step = rules
+                            .catalog
+                            .steps_for(&e.touchpoint)
+                            .iter()
+                            .find(|(j, _)| *j == inst.journey)
+                            .map(|x| x.1);
+                        let subject = Subject {
+                            journey: Some((def, inst)),
+                            step,
+                            touchpoint: &e.touchpoint,
+                            trigger: &e.event_id,
+                        };
+                        alert(
+                            p,
+                            AlertType::NegativeFeedback,
+                            subject,
+                            t,
+                            vec![e.event_id.to_string()],
+                            out,
+                        );
                     }
                     if is_closed {
                         // The summary already went out: re-emit it with the answer and a new revision.
@@ -559,12 +759,41 @@ impl Engine {
                         c.revision += 1;
                         let c = &p.closed()[k];
                         let (seg, tier) = (symbols.name(p.segment), symbols.name(p.tier));
-                        out.push(Output::Journey(c.inst.summary(def, &p.id, p.customer_id(), seg, tier, c.outcome, c.ended, c.revision)));
+                        out.push(Output::Journey(c.inst.summary(
+                            def,
+                            &p.id,
+                            p.customer_id(),
+                            seg,
+                            tier,
+                            c.outcome,
+                            c.ended,
+                            c.revision,
+                        )));
                     }
                 }
-                None if negative && friction::cooldown_allows(p, AlertType::NegativeFeedback, &e.touchpoint, t, fr.cooldown) => {
-                    let subject = Subject { journey: None, step: None, touchpoint: &e.touchpoint, trigger: &e.event_id };
-                    alert(p, AlertType::NegativeFeedback, subject, t, vec![e.event_id.to_string()], out);
+                None if negative
+                    && friction::cooldown_allows(
+                        p,
+                        AlertType::NegativeFeedback,
+                        &e.touchpoint,
+                        t,
+                        fr.cooldown,
+                    ) =>
+                {
+                    let subject = Subject {
+                        journey: None,
+                        step: None,
+                        touchpoint: &e.touchpoint,
+                        trigger: &e.event_id,
+                    };
+                    alert(
+                        p,
+                        AlertType::NegativeFeedback,
+                        subject,
+                        t,
+                        vec![e.event_id.to_string()],
+                        out,
+                    );
                 }
                 None => {}
             }
@@ -575,7 +804,16 @@ impl Engine {
         for &(idx, s, _) in &touched {
             let def = &journeys[usize::from(p.open[idx].journey)];
             if s == def.last_step() {
-                close(p, idx, def, symbols, stats, JourneyOutcome::Completed, t, out);
+                close(
+                    p,
+                    idx,
+                    def,
+                    symbols,
+                    stats,
+                    JourneyOutcome::Completed,
+                    t,
+                    out,
+                );
             }
         }
         self.touched = touched;
@@ -584,33 +822,85 @@ impl Engine {
     // ------------------------------------------------------------ timers
 
     fn fire(&mut self, timer: Timer, out: &mut Vec<Output>) {
-        let Engine { rules, profiles, symbols, timers, stats, .. } = self;
-        let Some(p) = profiles.get_mut(timer.slot as usize).and_then(|p| p.as_mut()) else { return };
-        let Some(idx) = p.open.iter().position(|i| i.id == timer.instance) else { return };
+        let Engine {
+            rules,
+            profiles,
+            symbols,
+            timers,
+            stats,
+            ..
+        } = self;
+        let Some(p) = profiles
+            .get_mut(timer.slot as usize)
+            .and_then(|p| p.as_mut())
+        else {
+            return;
+        };
+        let Some(idx) = p.open.iter().position(|i| i.id == timer.instance) else {
+            return;
+        };
         let def = &rules.catalog.journeys[usize::from(p.open[idx].journey)];
         if timer.kind == DROP_OFF {
             let deadline = p.open[idx].last + def.abandon_after;
             if deadline > timer.due {
-                timers.push(Reverse(Timer { due: deadline, ..timer }));
+                timers.push(Reverse(Timer {
+                    due: deadline,
+                    ..timer
+                }));
                 return;
             }
             p.open[idx].fire(AlertType::DropOff);
             let inst = &p.open[idx];
             let step = inst.furthest;
             let due = timer.due.to_string();
-            let subject = Subject { journey: Some((def, inst)), step: Some(step), touchpoint: &def.steps[usize::from(step)], trigger: &due };
+            let subject = Subject {
+                journey: Some((def, inst)),
+                step: Some(step),
+                touchpoint: &def.steps[usize::from(step)],
+                trigger: &due,
+            };
             stats.alerts[AlertType::DropOff as usize] += 1;
-            out.push(Output::Alert(build_alert(&rules.scorer, symbols, p, AlertType::DropOff, subject, timer.due, inst.evidence(None))));
-            close(p, idx, def, symbols, stats, JourneyOutcome::Abandoned, timer.due, out);
+            out.push(Output::Alert(build_alert(
+                &rules.scorer,
+                symbols,
+                p,
+                AlertType::DropOff,
+                subject,
+                timer.due,
+                inst.evidence(None),
+            )));
+            close(
+                p,
+                idx,
+                def,
+                symbols,
+                stats,
+                JourneyOutcome::Abandoned,
+                timer.due,
+                out,
+            );
         } else {
             let step = timer.kind - 1;
             let inst = &mut p.open[idx];
             if inst.furthest <= step && inst.fire(AlertType::SlowStep) {
                 let inst = &p.open[idx];
                 let due = timer.due.to_string();
-                let subject = Subject { journey: Some((def, inst)), step: Some(step), touchpoint: &def.steps[usize::from(step)], trigger: &due };
+                let subject = Subject {
+                    journey: Some((def, inst)),
+                    step: Some(step),
+                    touchpoint: &def.steps[usize::from(step)],
+                    trigger: &due,
+                };
                 stats.alerts[AlertType::SlowStep as usize] += 1;
-                out.push(Output::Alert(build_alert(&rules.scorer, symbols, p, AlertType::SlowStep, subject, timer.due, inst.evidence(Some(step)))));
+                out.push(Output::Alert(build_alert(
+                    &rules.scorer,
+                    symbols,
+                    p,
+                    AlertType::SlowStep,
+                    subject,
+                    timer.due,
+                    inst.evidence(Some(step)),
+                )));
             }
         }
     }
@@ -657,7 +947,16 @@ fn close(
     out: &mut Vec<Output>,
 ) {
     let (seg, tier) = (symbols.name(p.segment), symbols.name(p.tier));
-    out.push(Output::Journey(p.open[idx].summary(def, &p.id, p.customer_id(), seg, tier, outcome, ended, 1)));
+    out.push(Output::Journey(p.open[idx].summary(
+        def,
+        &p.id,
+        p.customer_id(),
+        seg,
+        tier,
+        outcome,
+        ended,
+        1,
+    )));
     stats.journeys_closed[outcome as usize] += 1;
     p.close(idx, outcome, ended);
 }

@@ -25,7 +25,14 @@ tier_multiplier = { gold = 1.5 }
 const T0: Millis = 1_800_000_000_000;
 
 /// An event `secs` seconds after T0, by anonymous id `who` unless changed.
-pub(crate) fn ev(id: &str, secs: f64, who: &str, channel: Channel, touchpoint: &str, action: Action) -> Event {
+pub(crate) fn ev(
+    id: &str,
+    secs: f64,
+    who: &str,
+    channel: Channel,
+    touchpoint: &str,
+    action: Action,
+) -> Event {
     Event {
         event_id: id.into(),
         occurred_at: T0 + (secs * 1000.0) as Millis,
@@ -58,7 +65,10 @@ pub(crate) struct Run {
 
 impl Run {
     pub(crate) fn new(config: &str) -> Run {
-        Run { engine: Engine::from_config(&Config::from_toml(config).unwrap()), out: vec![] }
+        Run {
+            engine: Engine::from_config(&Config::from_toml(config).unwrap()),
+            out: vec![],
+        }
     }
     fn feed(&mut self, events: impl IntoIterator<Item = Event>) -> &mut Self {
         for e in events {
@@ -71,22 +81,50 @@ impl Run {
         self
     }
     fn at(&mut self, secs: f64) -> &mut Self {
-        self.engine.advance_to(T0 + (secs * 1000.0) as Millis, &mut self.out);
+        self.engine
+            .advance_to(T0 + (secs * 1000.0) as Millis, &mut self.out);
         self
     }
     fn alerts(&self) -> Vec<&Alert> {
-        self.out.iter().filter_map(|o| if let Output::Alert(a) = o { Some(a) } else { None }).collect()
+        self.out
+            .iter()
+            .filter_map(|o| {
+                if let Output::Alert(a) = o {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
     fn of(&self, t: AlertType) -> Vec<&Alert> {
-        self.alerts().into_iter().filter(|a| a.alert_type == t).collect()
+        self.alerts()
+            .into_iter()
+            .filter(|a| a.alert_type == t)
+            .collect()
     }
     fn journeys(&self) -> Vec<&JourneySummary> {
-        self.out.iter().filter_map(|o| if let Output::Journey(j) = o { Some(j) } else { None }).collect()
+        self.out
+            .iter()
+            .filter_map(|o| {
+                if let Output::Journey(j) = o {
+                    Some(j)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 }
 
 fn checkout(who: &str, start: f64, upto: usize) -> Vec<Event> {
-    ["cart.view", "checkout.start", "checkout.shipping", "checkout.payment", "order.confirmed"][..upto]
+    [
+        "cart.view",
+        "checkout.start",
+        "checkout.shipping",
+        "checkout.payment",
+        "order.confirmed",
+    ][..upto]
         .iter()
         .enumerate()
         .map(|(i, tp)| web(&format!("{who}-{i}"), start + i as f64 * 10.0, who, tp))
@@ -113,7 +151,10 @@ fn drop_off_fires_at_last_activity_plus_abandon_after() {
     let mut r = Run::new(CONFIG);
     r.feed(checkout("a", 0.0, 3));
     r.at(20.0 + 1800.0);
-    assert!(r.of(AlertType::DropOff).is_empty(), "deadline not yet passed");
+    assert!(
+        r.of(AlertType::DropOff).is_empty(),
+        "deadline not yet passed"
+    );
     r.at(20.0 + 1800.0 + 0.001);
     let d = r.of(AlertType::DropOff);
     assert_eq!(d.len(), 1);
@@ -122,13 +163,17 @@ fn drop_off_fires_at_last_activity_plus_abandon_after() {
     assert_eq!(d[0].evidence, vec!["a-0", "a-1", "a-2"]);
     assert_eq!(d[0].journey, "online_checkout");
     assert_eq!(r.journeys()[0].outcome, JourneyOutcome::Abandoned);
-    assert_eq!(r.journeys()[0].journey_instance_id, d[0].journey_instance_id);
+    assert_eq!(
+        r.journeys()[0].journey_instance_id,
+        d[0].journey_instance_id
+    );
 }
 
 #[test]
 fn activity_moves_the_drop_off_deadline() {
     let mut r = Run::new(CONFIG);
-    r.feed(checkout("a", 0.0, 2)).feed([web("late", 1700.0, "a", "checkout.start")]);
+    r.feed(checkout("a", 0.0, 2))
+        .feed([web("late", 1700.0, "a", "checkout.start")]);
     r.at(1800.0 + 11.0);
     assert!(r.of(AlertType::DropOff).is_empty());
     r.drain();
@@ -141,7 +186,14 @@ fn repeated_error_fires_once_per_instance_with_the_errors_as_evidence() {
     let mut r = Run::new(CONFIG);
     let mut evs = checkout("a", 0.0, 4);
     for i in 0..4 {
-        let mut e = ev(&format!("err{i}"), 40.0 + f64::from(i), "a", Channel::Web, "checkout.payment", Action::Submit);
+        let mut e = ev(
+            &format!("err{i}"),
+            40.0 + f64::from(i),
+            "a",
+            Channel::Web,
+            "checkout.payment",
+            Action::Submit,
+        );
         e.outcome = Some(Outcome::Failure);
         evs.push(e);
     }
@@ -150,7 +202,10 @@ fn repeated_error_fires_once_per_instance_with_the_errors_as_evidence() {
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].evidence, vec!["err0", "err1", "err2"]);
     assert_eq!(a[0].step, "checkout.payment");
-    assert_eq!(a[0].factors.step_weight, 3.0, "a moment of truth weighs more");
+    assert_eq!(
+        a[0].factors.step_weight, 3.0,
+        "a moment of truth weighs more"
+    );
     assert_eq!(a[0].occurred_at, T0 + 42_000);
 }
 
@@ -159,7 +214,14 @@ fn errors_spread_beyond_the_window_do_not_fire() {
     let mut r = Run::new(CONFIG);
     let mut evs = checkout("a", 0.0, 2);
     for i in 0..3 {
-        evs.push(ev(&format!("err{i}"), 20.0 + f64::from(i) * 400.0, "a", Channel::Web, "checkout.start", Action::Error));
+        evs.push(ev(
+            &format!("err{i}"),
+            20.0 + f64::from(i) * 400.0,
+            "a",
+            Channel::Web,
+            "checkout.start",
+            Action::Error,
+        ));
     }
     r.feed(evs).drain();
     assert!(r.of(AlertType::RepeatedError).is_empty());
@@ -170,18 +232,36 @@ fn step_loop_counts_entries_not_repeated_events() {
     let mut r = Run::new(CONFIG);
     let mut evs = checkout("a", 0.0, 3);
     // Same step three events in a row: one entry.
-    evs.extend((0..3).map(|i| web(&format!("s{i}"), 30.0 + f64::from(i), "a", "checkout.shipping")));
+    evs.extend((0..3).map(|i| {
+        web(
+            &format!("s{i}"),
+            30.0 + f64::from(i),
+            "a",
+            "checkout.shipping",
+        )
+    }));
     r.feed(evs.clone()).drain();
     assert!(r.of(AlertType::StepLoop).is_empty());
     let mut r = Run::new(CONFIG);
     let mut evs = checkout("b", 0.0, 3);
-    for (i, tp) in ["checkout.start", "checkout.shipping", "checkout.start", "checkout.shipping"].iter().enumerate() {
+    for (i, tp) in [
+        "checkout.start",
+        "checkout.shipping",
+        "checkout.start",
+        "checkout.shipping",
+    ]
+    .iter()
+    .enumerate()
+    {
         evs.push(web(&format!("l{i}"), 30.0 + i as f64, "b", tp));
     }
     r.feed(evs).drain();
     let a = r.of(AlertType::StepLoop);
     assert_eq!(a.len(), 1);
-    assert_eq!(a[0].step, "checkout.start", "start entered a third time first (b-1, l0, l2)");
+    assert_eq!(
+        a[0].step, "checkout.start",
+        "start entered a third time first (b-1, l0, l2)"
+    );
     assert_eq!(a[0].occurred_at, T0 + 32_000);
 }
 
@@ -189,18 +269,35 @@ fn step_loop_counts_entries_not_repeated_events() {
 fn channel_escalation_links_a_web_failure_to_a_call() {
     let mut r = Run::new(CONFIG);
     let mut evs = checkout("a", 0.0, 4);
-    evs.push(ev("call", 40.0 + 600.0, "a", Channel::ContactCenter, "ivr.menu", Action::Contact));
+    evs.push(ev(
+        "call",
+        40.0 + 600.0,
+        "a",
+        Channel::ContactCenter,
+        "ivr.menu",
+        Action::Contact,
+    ));
     r.feed(evs).drain();
     let a = r.of(AlertType::ChannelEscalation);
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].journey, "online_checkout");
-    assert_eq!(a[0].step, "", "the call's touchpoint is not a checkout step");
+    assert_eq!(
+        a[0].step, "",
+        "the call's touchpoint is not a checkout step"
+    );
     assert_eq!(a[0].evidence.last().map(String::as_str), Some("call"));
 
     // Too late after the last activity: no escalation.
     let mut r = Run::new(CONFIG);
     let mut evs = checkout("a", 0.0, 4);
-    evs.push(ev("call", 30.0 + 1801.0, "a", Channel::ContactCenter, "ivr.menu", Action::Contact));
+    evs.push(ev(
+        "call",
+        30.0 + 1801.0,
+        "a",
+        Channel::ContactCenter,
+        "ivr.menu",
+        Action::Contact,
+    ));
     r.feed(evs).drain();
     assert!(r.of(AlertType::ChannelEscalation).is_empty());
 }
@@ -210,19 +307,38 @@ fn channel_escalation_also_follows_an_abandoned_journey() {
     let config = CONFIG.replace("abandon_after = \"30m\"", "abandon_after = \"10m\"");
     let mut r = Run::new(&config);
     let mut evs = checkout("a", 0.0, 2);
-    evs.push(ev("chat", 10.0 + 900.0, "a", Channel::Chat, "chat.start", Action::Contact));
+    evs.push(ev(
+        "chat",
+        10.0 + 900.0,
+        "a",
+        Channel::Chat,
+        "chat.start",
+        Action::Contact,
+    ));
     r.feed(evs).drain();
     assert_eq!(r.of(AlertType::DropOff).len(), 1);
     let a = r.of(AlertType::ChannelEscalation);
     assert_eq!(a.len(), 1);
-    assert_eq!(a[0].journey_instance_id, r.of(AlertType::DropOff)[0].journey_instance_id);
+    assert_eq!(
+        a[0].journey_instance_id,
+        r.of(AlertType::DropOff)[0].journey_instance_id
+    );
 }
 
 #[test]
 fn repeat_contact_counts_across_journeys_and_restarts() {
     let mut r = Run::new(CONFIG);
     let evs: Vec<_> = (0..7)
-        .map(|i| ev(&format!("c{i}"), f64::from(i) * 86_400.0 * 0.5, "a", Channel::ContactCenter, "support.contact", Action::Contact))
+        .map(|i| {
+            ev(
+                &format!("c{i}"),
+                f64::from(i) * 86_400.0 * 0.5,
+                "a",
+                Channel::ContactCenter,
+                "support.contact",
+                Action::Contact,
+            )
+        })
         .collect();
     r.feed(evs).drain();
     let a = r.of(AlertType::RepeatContact);
@@ -249,14 +365,27 @@ fn slow_step_fires_by_timer_at_first_entry_plus_sla() {
 
     let mut r = Run::new(CONFIG);
     r.feed(checkout("b", 0.0, 5)).drain();
-    assert!(r.of(AlertType::SlowStep).is_empty(), "reaching a later step in time");
+    assert!(
+        r.of(AlertType::SlowStep).is_empty(),
+        "reaching a later step in time"
+    );
 }
 
 #[test]
 fn a_survey_after_completion_attaches_to_that_journey() {
     let mut r = Run::new(CONFIG);
-    let mut s = ev("nps", 3600.0, "a", Channel::Email, "survey.nps", Action::Survey);
-    s.survey = Some(Survey { kind: SurveyKind::Nps, score: 3 });
+    let mut s = ev(
+        "nps",
+        3600.0,
+        "a",
+        Channel::Email,
+        "survey.nps",
+        Action::Survey,
+    );
+    s.survey = Some(Survey {
+        kind: SurveyKind::Nps,
+        score: 3,
+    });
     r.feed(checkout("a", 0.0, 5)).feed([s]).drain();
     let a = r.of(AlertType::NegativeFeedback);
     assert_eq!(a.len(), 1);
@@ -272,8 +401,18 @@ fn a_survey_after_completion_attaches_to_that_journey() {
 #[test]
 fn a_positive_survey_is_recorded_without_alert() {
     let mut r = Run::new(CONFIG);
-    let mut s = ev("csat", 35.0, "a", Channel::Web, "survey.csat", Action::Survey);
-    s.survey = Some(Survey { kind: SurveyKind::Csat, score: 5 });
+    let mut s = ev(
+        "csat",
+        35.0,
+        "a",
+        Channel::Web,
+        "survey.csat",
+        Action::Survey,
+    );
+    s.survey = Some(Survey {
+        kind: SurveyKind::Csat,
+        score: 5,
+    });
     let mut evs = checkout("a", 0.0, 4);
     evs.push(s);
     evs.extend(checkout("a", 40.0, 5).into_iter().skip(4));
@@ -293,7 +432,13 @@ fn rage_click_in_a_journey_and_outside_with_cooldown() {
         e
     };
     let mut evs = checkout("a", 0.0, 4);
-    evs.extend((0..5).map(|i| click(&format!("p{i}"), 40.0 + f64::from(i) * 0.5, "checkout.payment")));
+    evs.extend((0..5).map(|i| {
+        click(
+            &format!("p{i}"),
+            40.0 + f64::from(i) * 0.5,
+            "checkout.payment",
+        )
+    }));
     // Outside any journey: twice within the hour alerts once, again after an hour.
     evs.extend((0..4).map(|i| click(&format!("h{i}"), 100.0 + f64::from(i) * 0.5, "home")));
     evs.extend((0..4).map(|i| click(&format!("i{i}"), 200.0 + f64::from(i) * 0.5, "home")));
@@ -303,14 +448,27 @@ fn rage_click_in_a_journey_and_outside_with_cooldown() {
     assert_eq!(a.len(), 3, "{a:#?}");
     assert_eq!(a[0].journey, "online_checkout");
     assert_eq!(a[0].evidence, vec!["p0", "p1", "p2", "p3"]);
-    assert_eq!((a[1].journey.as_str(), a[1].touchpoint.as_str()), ("", "home"));
+    assert_eq!(
+        (a[1].journey.as_str(), a[1].touchpoint.as_str()),
+        ("", "home")
+    );
     assert_eq!(a[2].evidence[0], "j0");
 }
 
 #[test]
 fn clicks_slower_than_the_window_are_not_rage() {
     let mut r = Run::new(CONFIG);
-    r.feed((0..6).map(|i| ev(&format!("c{i}"), f64::from(i) * 1.1, "a", Channel::Web, "home", Action::Click))).drain();
+    r.feed((0..6).map(|i| {
+        ev(
+            &format!("c{i}"),
+            f64::from(i) * 1.1,
+            "a",
+            Channel::Web,
+            "home",
+            Action::Click,
+        )
+    }))
+    .drain();
     assert!(r.of(AlertType::RageClick).is_empty());
 }
 
@@ -350,7 +508,14 @@ fn linking_two_profiles_merges_their_journeys_into_one() {
     evs.extend(app);
     // Logging in on both devices links them through the customer id.
     for (i, who) in ["web-a", "app-b"].iter().enumerate() {
-        let mut e = ev(&format!("login{i}"), 40.0 + i as f64, who, Channel::Web, "account.login", Action::Identify);
+        let mut e = ev(
+            &format!("login{i}"),
+            40.0 + i as f64,
+            who,
+            Channel::Web,
+            "account.login",
+            Action::Identify,
+        );
         e.customer_id = Some("c-1".into());
         evs.push(e);
     }
@@ -364,7 +529,10 @@ fn linking_two_profiles_merges_their_journeys_into_one() {
     assert_eq!(j.len(), 1);
     assert_eq!(j[0].started_at, T0, "earliest start");
     assert_eq!(j[0].channels, vec![Channel::Web, Channel::MobileApp]);
-    assert_eq!(j[0].steps[0].entries, 2, "cart.view entered once on each device");
+    assert_eq!(
+        j[0].steps[0].entries, 2,
+        "cart.view entered once on each device"
+    );
 }
 
 #[test]
@@ -409,19 +577,44 @@ fn guardrails_refuse_placeholder_ids_caps_and_customer_conflicts() {
 fn late_and_duplicate_events_are_counted_and_ignored() {
     let mut r = Run::new(CONFIG);
     let mut out = vec![];
-    assert_eq!(r.engine.ingest(web("a", 100.0, "a", "home"), &mut out), Ingest::Accepted);
-    assert_eq!(r.engine.ingest(web("b", 96.0, "a", "home"), &mut out), Ingest::Accepted, "within 5s lateness");
-    assert_eq!(r.engine.ingest(web("c", 94.9, "a", "home"), &mut out), Ingest::Late);
-    assert_eq!(r.engine.ingest(web("a", 100.0, "a", "home"), &mut out), Ingest::Duplicate);
+    assert_eq!(
+        r.engine.ingest(web("a", 100.0, "a", "home"), &mut out),
+        Ingest::Accepted
+    );
+    assert_eq!(
+        r.engine.ingest(web("b", 96.0, "a", "home"), &mut out),
+        Ingest::Accepted,
+        "within 5s lateness"
+    );
+    assert_eq!(
+        r.engine.ingest(web("c", 94.9, "a", "home"), &mut out),
+        Ingest::Late
+    );
+    assert_eq!(
+        r.engine.ingest(web("a", 100.0, "a", "home"), &mut out),
+        Ingest::Duplicate
+    );
     assert_eq!(r.engine.buffered(), 2);
-    assert_eq!((r.engine.stats().late, r.engine.stats().duplicates, r.engine.stats().accepted), (1, 1, 2));
+    assert_eq!(
+        (
+            r.engine.stats().late,
+            r.engine.stats().duplicates,
+            r.engine.stats().accepted
+        ),
+        (1, 1, 2)
+    );
 }
 
 #[test]
 fn idle_profiles_are_forgotten_after_their_ttl() {
-    let config = format!("{CONFIG}\n[engine]\nprofile_ttl = \"7d\"\n").replace("[engine]\nallowed_lateness = \"5s\"\n", "");
+    let config = format!("{CONFIG}\n[engine]\nprofile_ttl = \"7d\"\n")
+        .replace("[engine]\nallowed_lateness = \"5s\"\n", "");
     let mut r = Run::new(&config);
-    r.feed([web("a", 0.0, "a", "home"), web("b", 8.0 * 86_400.0, "b", "home"), web("c", 8.0 * 86_400.0 + 3601.0, "b", "home")]);
+    r.feed([
+        web("a", 0.0, "a", "home"),
+        web("b", 8.0 * 86_400.0, "b", "home"),
+        web("c", 8.0 * 86_400.0 + 3601.0, "b", "home"),
+    ]);
     r.engine.flush(&mut r.out);
     assert_eq!(r.engine.stats().profiles_expired, 1);
     assert_eq!(r.engine.profile_count(), 1);
@@ -429,11 +622,22 @@ fn idle_profiles_are_forgotten_after_their_ttl() {
 
 #[test]
 fn out_of_order_within_lateness_gives_the_same_outputs() {
-    let mut evs: Vec<Event> = checkout("a", 0.0, 4).into_iter().enumerate().map(|(i, mut e)| {
-        e.occurred_at = T0 + i as Millis * 2000;
-        e
-    }).collect();
-    evs.push(ev("call", 7.0, "a", Channel::ContactCenter, "support.contact", Action::Contact));
+    let mut evs: Vec<Event> = checkout("a", 0.0, 4)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.occurred_at = T0 + i as Millis * 2000;
+            e
+        })
+        .collect();
+    evs.push(ev(
+        "call",
+        7.0,
+        "a",
+        Channel::ContactCenter,
+        "support.contact",
+        Action::Contact,
+    ));
     let mut ordered = Run::new(CONFIG);
     ordered.feed(evs.clone()).drain();
     evs.swap(0, 1);
