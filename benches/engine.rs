@@ -1,1 +1,101 @@
-fn main() {}
+//! Engine throughput: decode + process, one thread, on the simulator's omnichannel mix with
+//! `CXSTREAM_BENCH_PROFILES` customers (default 1,000,000) already known to the engine.
+//!
+//! Run: `cargo bench --bench engine` (see BENCHMARKS.md). Each measured iteration decodes and
+//! ingests the next `BATCH` events of the stream, pre-encoded outside the timed section.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use cxstream::config::Config;
+use cxstream::decode::{decode_json, decode_protobuf, to_json, to_proto};
+use cxstream::engine::Engine;
+use cxstream::sim::{SimConfig, Simulator};
+use prost::Message;
+
+const BATCH: usize = 100_000;
+
+fn profiles() -> u64 {
+    std::env::var("CXSTREAM_BENCH_PROFILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// An engine that has seen every customer at least once, and the simulator to continue from.
+fn warm(customers: u64) -> (Engine, Simulator) {
+    let config =
+        Config::from_toml(include_str!("../examples/cxstream.toml")).expect("example config");
+    let mut engine = Engine::from_config(&config);
+    let mut sim = Simulator::new(SimConfig {
+        seed: 42,
+        customers,
+        disorder: 2000,
+        ..SimConfig::default()
+    });
+    let mut out = Vec::new();
+    while engine.profile_count() < customers as usize * 9 / 10 {
+        for e in sim.by_ref().take(10_000) {
+            engine.ingest(e, &mut out);
+        }
+        out.clear();
+    }
+    (engine, sim)
+}
+
+fn encode_batch(sim: &mut Simulator, json: bool) -> Vec<Vec<u8>> {
+    sim.take(BATCH)
+        .map(|e| {
+            if json {
+                serde_json::to_vec(&to_json(&e)).expect("json")
+            } else {
+                to_proto(&e).encode_to_vec()
+            }
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let n = profiles();
+    let mut g = c.benchmark_group(format!("engine/{n}_profiles"));
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(10));
+    for (name, json) in [("protobuf", false), ("json", true)] {
+        let (mut engine, mut sim) = warm(n);
+        let mut out = Vec::with_capacity(1024);
+        g.bench_function(format!("decode+process/{name}"), |b| {
+            b.iter_batched(
+                || encode_batch(&mut sim, json),
+                |batch| {
+                    for bytes in &batch {
+                        let e = if json {
+                            decode_json(bytes)
+                        } else {
+                            decode_protobuf(bytes)
+                        };
+                        if let Ok(e) = e {
+                            engine.ingest(e, &mut out);
+                        }
+                        out.clear();
+                    }
+                    black_box(&engine);
+                    batch
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        eprintln!(
+            "engine/{name}: {} profiles, {} open journeys, {} buffered events",
+            engine.profile_count(),
+            engine.open_journeys(),
+            engine.buffered()
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

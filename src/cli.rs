@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -97,7 +97,7 @@ pub struct SimulateArgs {
     pub format: FileFormat,
 }
 
-fn create(path: &PathBuf) -> anyhow::Result<Box<dyn Write>> {
+fn create(path: &Path) -> anyhow::Result<Box<dyn Write>> {
     if path.as_os_str() == "-" {
         return Ok(Box::new(BufWriter::new(io::stdout().lock())));
     }
@@ -117,7 +117,7 @@ pub fn run_replay(a: &ReplayArgs) -> anyhow::Result<i32> {
         Some(p) => create(p)?,
         None => Box::new(BufWriter::new(io::stdout().lock())),
     };
-    let mut journeys = a.journeys.as_ref().map(create).transpose()?;
+    let mut journeys = a.journeys.as_deref().map(create).transpose()?;
     let bar = if io::stderr().is_terminal() && size > 8 << 20 {
         let b = indicatif::ProgressBar::new(size);
         b.set_style(
@@ -159,7 +159,7 @@ pub fn run_replay(a: &ReplayArgs) -> anyhow::Result<i32> {
 }
 
 /// `cxstream check-config`: 0 when valid, 1 with every error listed otherwise.
-pub fn run_check_config(file: &PathBuf) -> anyhow::Result<i32> {
+pub fn run_check_config(file: &Path) -> anyhow::Result<i32> {
     match Config::load(file) {
         Ok(c) => {
             println!("{}: ok ({} journeys)", file.display(), c.journeys.len());

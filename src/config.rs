@@ -224,7 +224,7 @@ impl Default for FrictionSection {
 }
 
 /// How alert scores and severities are computed: score = type weight x step weight x tier multiplier.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoringSection {
     /// Weight per alert type (`drop_off` or a detector name); types not listed use the defaults.
@@ -233,16 +233,6 @@ pub struct ScoringSection {
     pub tier_multiplier: BTreeMap<String, f64>,
     /// Lowest score of each severity; below `medium` is `low`.
     pub severity: SeverityThresholds,
-}
-
-impl Default for ScoringSection {
-    fn default() -> Self {
-        ScoringSection {
-            type_weight: BTreeMap::new(),
-            tier_multiplier: BTreeMap::new(),
-            severity: SeverityThresholds::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::alert::{Alert, JourneySummary};
-use crate::event::{Channel, Outcome, Survey, SurveyKind};
+use crate::event::{Action, Channel, Outcome, Survey, SurveyKind};
+use crate::journey::Instance;
 
 pub(crate) const CONFIG: &str = r#"
 [engine]
@@ -646,4 +647,18 @@ fn out_of_order_within_lateness_gives_the_same_outputs() {
     shuffled.feed(evs).drain();
     assert_eq!(ordered.out, shuffled.out);
     assert!(!ordered.out.is_empty());
+}
+
+#[test]
+fn state_structs_stay_small() {
+    // Memory per open journey is a product promise (BENCHMARKS.md): watch the inline sizes.
+    eprintln!(
+        "Profile {} Instance {} Timer {} Pending {}",
+        std::mem::size_of::<Profile>(),
+        std::mem::size_of::<Instance>(),
+        std::mem::size_of::<Timer>(),
+        std::mem::size_of::<Pending>()
+    );
+    assert!(std::mem::size_of::<Instance>() <= 96);
+    assert!(std::mem::size_of::<Option<Profile>>() <= 112);
 }

@@ -1,0 +1,115 @@
+// A global allocator needs `unsafe`; it only forwards to the system allocator and counts bytes.
+#![allow(unsafe_code)]
+
+//! Memory per open journey (profile included): `CXSTREAM_BENCH_PROFILES` customers (default
+//! 1,000,000) each log in and open a checkout (3 events), then the heap is measured.
+//!
+//! Run: `cargo bench --bench memory`. Live heap bytes are counted by a wrapping global
+//! allocator; resident set size (RSS) growth is read from /proc for comparison.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use cxstream::config::Config;
+use cxstream::engine::Engine;
+use cxstream::event::{Action, Channel, Event};
+
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call forwards unchanged to `System`, which upholds the GlobalAlloc contract.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new, Relaxed);
+        LIVE.fetch_sub(l.size(), Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<usize>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn event(id: u64, t: i64, customer: u64, touchpoint: &'static str, action: Action) -> Event {
+    Event {
+        event_id: format!("e-{id:x}").into(),
+        occurred_at: t,
+        customer_id: Some(format!("c-{customer}").into()),
+        anonymous_id: Some(format!("a-{customer:x}-5f3e").into()),
+        identities: vec![],
+        channel: Channel::Web,
+        touchpoint: touchpoint.into(),
+        action,
+        outcome: None,
+        error_code: None,
+        survey: None,
+        value: None,
+        segment: Some("consumer".into()),
+        tier: Some("gold".into()),
+        element: None,
+        unknown_channel: false,
+        unknown_action: false,
+    }
+}
+
+fn main() {
+    let n: u64 = std::env::var("CXSTREAM_BENCH_PROFILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let config =
+        Config::from_toml(include_str!("../examples/cxstream.toml")).expect("example config");
+    let (heap0, rss0) = (LIVE.load(Relaxed), rss_bytes());
+    let mut engine = Engine::from_config(&config);
+    let mut out = Vec::new();
+    let t0 = 1_800_000_000_000i64;
+    let mut id = 0;
+    // 10,000 events per second of event time: all of them inside the 10 minute dedup window.
+    for c in 0..n {
+        for (tp, action) in [
+            ("account.login", Action::Identify),
+            ("cart.view", Action::View),
+            ("checkout.start", Action::View),
+        ] {
+            id += 1;
+            engine.ingest(event(id, t0 + (id as i64) / 10, c, tp, action), &mut out);
+        }
+        out.clear();
+    }
+    engine.flush(&mut out);
+    assert!(out.is_empty(), "no alerts expected");
+    let open = engine.open_journeys();
+    assert_eq!(open as u64, n);
+    let heap = LIVE.load(Relaxed) - heap0;
+    let rss = rss_bytes().saturating_sub(rss0);
+    println!("memory: {n} profiles, {open} open journeys");
+    println!(
+        "memory: live heap {} bytes = {:.0} bytes per open journey",
+        heap,
+        heap as f64 / open as f64
+    );
+    println!(
+        "memory: RSS growth {} bytes = {:.0} bytes per open journey",
+        rss,
+        rss as f64 / open as f64
+    );
+    std::hint::black_box(&engine);
+}
