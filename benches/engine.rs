@@ -11,6 +11,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use cxstream::config::Config;
 use cxstream::decode::{decode_json, decode_protobuf, to_json, to_proto};
 use cxstream::engine::Engine;
+use cxstream::event::Event;
 use cxstream::sim::{SimConfig, Simulator};
 use prost::Message;
 
@@ -56,16 +57,50 @@ fn encode_batch(sim: &mut Simulator, json: bool) -> Vec<Vec<u8>> {
         .collect()
 }
 
+fn decode_all(batch: &[Vec<u8>], json: bool) -> Vec<Event> {
+    batch
+        .iter()
+        .filter_map(|b| {
+            if json {
+                decode_json(b).ok()
+            } else {
+                decode_protobuf(b).ok()
+            }
+        })
+        .collect()
+}
+
 fn bench(c: &mut Criterion) {
     let n = profiles();
+    let (mut engine, mut sim) = warm(n);
     let mut g = c.benchmark_group(format!("engine/{n}_profiles"));
     g.throughput(Throughput::Elements(BATCH as u64));
     g.sample_size(10);
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(10));
+    let mut out = Vec::with_capacity(1024);
     for (name, json) in [("protobuf", false), ("json", true)] {
-        let (mut engine, mut sim) = warm(n);
-        let mut out = Vec::with_capacity(1024);
+        g.bench_function(format!("decode/{name}"), |b| {
+            b.iter_batched(
+                || encode_batch(&mut sim, json),
+                |batch| (decode_all(&batch, json), batch),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.bench_function("process", |b| {
+        b.iter_batched(
+            || decode_all(&encode_batch(&mut sim, false), false),
+            |events| {
+                for e in events {
+                    engine.ingest(e, &mut out);
+                    out.clear();
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    for (name, json) in [("protobuf", false), ("json", true)] {
         g.bench_function(format!("decode+process/{name}"), |b| {
             b.iter_batched(
                 || encode_batch(&mut sim, json),
@@ -87,14 +122,14 @@ fn bench(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
-        eprintln!(
-            "engine/{name}: {} profiles, {} open journeys, {} buffered events",
-            engine.profile_count(),
-            engine.open_journeys(),
-            engine.buffered()
-        );
     }
     g.finish();
+    eprintln!(
+        "engine state after the run: {} profiles, {} open journeys, {} buffered events",
+        engine.profile_count(),
+        engine.open_journeys(),
+        engine.buffered()
+    );
 }
 
 criterion_group!(benches, bench);

@@ -120,57 +120,152 @@ mod duration_map {
 }
 
 /// A detector that fires when `count` qualifying events fall within `within`.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy)]
 pub struct CountWithin {
-    #[serde(default = "yes")]
     pub enabled: bool,
     pub count: u32,
-    #[serde(with = "humantime_serde")]
     pub within: Duration,
 }
 
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy)]
 pub struct StepLoop {
-    #[serde(default = "yes")]
     pub enabled: bool,
     pub count: u32,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy)]
 pub struct ChannelEscalation {
-    #[serde(default = "yes")]
     pub enabled: bool,
-    #[serde(with = "humantime_serde")]
     pub within: Duration,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy)]
 pub struct Toggle {
-    #[serde(default = "yes")]
     pub enabled: bool,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy)]
 pub struct NegativeFeedback {
-    #[serde(default = "yes")]
     pub enabled: bool,
     pub nps_max: i32,
     pub csat_max: i32,
     pub ces_min: i32,
 }
 
+/// A detector's table as written: any subset of its keys, the rest from its defaults
+/// (so `rage_click = { count = 5 }` keeps the default window).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialDetector {
+    enabled: Option<bool>,
+    count: Option<u32>,
+    #[serde(default, with = "humantime_serde::option")]
+    within: Option<Duration>,
+    nps_max: Option<i32>,
+    csat_max: Option<i32>,
+    ces_min: Option<i32>,
+}
+
+impl PartialDetector {
+    /// Errors if a key that this detector does not have was given.
+    fn only(&self, name: &str, keys: &[&str]) -> Result<(), String> {
+        let given = [
+            ("count", self.count.is_some()),
+            ("within", self.within.is_some()),
+            ("nps_max", self.nps_max.is_some()),
+            ("csat_max", self.csat_max.is_some()),
+            ("ces_min", self.ces_min.is_some()),
+        ];
+        for (k, set) in given {
+            if set && !keys.contains(&k) {
+                let mut all = vec!["enabled"];
+                all.extend_from_slice(keys);
+                return Err(format!(
+                    "friction.{name}: `{k}` does not apply to this detector (its keys: {})",
+                    all.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFriction {
+    repeated_error: Option<PartialDetector>,
+    step_loop: Option<PartialDetector>,
+    channel_escalation: Option<PartialDetector>,
+    repeat_contact: Option<PartialDetector>,
+    slow_step: Option<PartialDetector>,
+    negative_feedback: Option<PartialDetector>,
+    rage_click: Option<PartialDetector>,
+    #[serde(default, with = "humantime_serde::option")]
+    outside_journey_cooldown: Option<Duration>,
+}
+
+impl<'de> Deserialize<'de> for FrictionSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = RawFriction::deserialize(d)?;
+        let mut f = FrictionSection::default();
+        let count_within = |name: &str,
+                            p: Option<PartialDetector>,
+                            dflt: CountWithin|
+         -> Result<CountWithin, D::Error> {
+            let p = p.unwrap_or_default();
+            p.only(name, &["count", "within"])
+                .map_err(D::Error::custom)?;
+            Ok(CountWithin {
+                enabled: p.enabled.unwrap_or(dflt.enabled),
+                count: p.count.unwrap_or(dflt.count),
+                within: p.within.unwrap_or(dflt.within),
+            })
+        };
+        f.repeated_error = count_within("repeated_error", raw.repeated_error, f.repeated_error)?;
+        f.repeat_contact = count_within("repeat_contact", raw.repeat_contact, f.repeat_contact)?;
+        f.rage_click = count_within("rage_click", raw.rage_click, f.rage_click)?;
+        if let Some(p) = raw.step_loop {
+            p.only("step_loop", &["count"]).map_err(D::Error::custom)?;
+            f.step_loop = StepLoop {
+                enabled: p.enabled.unwrap_or(true),
+                count: p.count.unwrap_or(f.step_loop.count),
+            };
+        }
+        if let Some(p) = raw.channel_escalation {
+            p.only("channel_escalation", &["within"])
+                .map_err(D::Error::custom)?;
+            f.channel_escalation = ChannelEscalation {
+                enabled: p.enabled.unwrap_or(true),
+                within: p.within.unwrap_or(f.channel_escalation.within),
+            };
+        }
+        if let Some(p) = raw.slow_step {
+            p.only("slow_step", &[]).map_err(D::Error::custom)?;
+            f.slow_step = Toggle {
+                enabled: p.enabled.unwrap_or(true),
+            };
+        }
+        if let Some(p) = raw.negative_feedback {
+            p.only("negative_feedback", &["nps_max", "csat_max", "ces_min"])
+                .map_err(D::Error::custom)?;
+            let n = f.negative_feedback;
+            f.negative_feedback = NegativeFeedback {
+                enabled: p.enabled.unwrap_or(true),
+                nps_max: p.nps_max.unwrap_or(n.nps_max),
+                csat_max: p.csat_max.unwrap_or(n.csat_max),
+                ces_min: p.ces_min.unwrap_or(n.ces_min),
+            };
+        }
+        if let Some(c) = raw.outside_journey_cooldown {
+            f.outside_journey_cooldown = c;
+        }
+        Ok(f)
+    }
+}
+
 /// The friction detectors, each on by default with the thresholds shown in the README.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone)]
 pub struct FrictionSection {
     pub repeated_error: CountWithin,
     pub step_loop: StepLoop,
@@ -180,7 +275,6 @@ pub struct FrictionSection {
     pub negative_feedback: NegativeFeedback,
     pub rage_click: CountWithin,
     /// Friction outside any journey alerts at most once per profile, type and touchpoint per this.
-    #[serde(with = "humantime_serde")]
     pub outside_journey_cooldown: Duration,
 }
 
@@ -607,9 +701,20 @@ step_weight = { "checkout.payment" = 3.0 }
 [friction]
 rage_click = { count = 5, within = "2s" }
 slow_step = { enabled = false }
+repeated_error = { enabled = false }
+repeat_contact = { count = 5 }
 "#,
         )
         .unwrap();
+        assert!(!c.friction.repeated_error.enabled);
+        assert_eq!(c.friction.repeat_contact.count, 5);
+        assert_eq!(
+            c.friction.repeat_contact.within,
+            Duration::from_secs(7 * 86400),
+            "unset keys keep their defaults"
+        );
+        let e = Config::from_toml("[friction]\nrage_click = { nps_max = 3 }\n").unwrap_err();
+        assert!(e.to_string().contains("`nps_max` does not apply"), "{e}");
         assert_eq!(
             c.journeys[0].step_sla["checkout.payment"],
             Duration::from_secs(300)

@@ -1,9 +1,10 @@
 //! The duplicate filter: remembers event ids (as 64-bit hashes) for `dedup_window` of event time.
 //!
-//! Ids live in time buckets a quarter of the window wide, so expiry drops whole buckets
-//! instead of scanning. An id is remembered for at least the window after its event time, and
-//! at most a quarter window more. Once the watermark has passed an event's time plus the
-//! window, a copy of it would be late anyway, so forgetting it then changes nothing.
+//! One hash set answers "seen?" with a single probe; ids are also listed by time bucket (a
+//! quarter of the window wide) so that expiry removes exactly the ids of whole buckets, with
+//! no scan. An id is remembered for at least the window after its event time, and at most a
+//! quarter window more. Once the watermark has passed an event's time plus the window, a copy
+//! of it would be late anyway, so forgetting it then changes nothing.
 
 use std::collections::VecDeque;
 
@@ -15,8 +16,9 @@ use crate::event::Millis;
 pub struct Dedup {
     bucket_len: Millis,
     window: Millis,
-    /// (bucket number, ids), ordered by bucket number.
-    buckets: VecDeque<(Millis, HashSet<u64>)>,
+    seen: HashSet<u64>,
+    /// (bucket number, ids first seen in it), ordered by bucket number.
+    buckets: VecDeque<(Millis, Vec<u64>)>,
 }
 
 impl Dedup {
@@ -25,21 +27,29 @@ impl Dedup {
         Dedup {
             bucket_len: window / 4,
             window,
+            seen: HashSet::new(),
             buckets: VecDeque::new(),
         }
     }
 
     /// Records `id` at event time `t`; false if it was already seen.
     pub fn insert(&mut self, t: Millis, id: u64) -> bool {
-        if self.buckets.iter().any(|(_, set)| set.contains(&id)) {
+        if !self.seen.insert(id) {
             return false;
         }
         let b = t.div_euclid(self.bucket_len);
-        let pos = self.buckets.partition_point(|(n, _)| *n < b);
-        if self.buckets.get(pos).is_none_or(|(n, _)| *n != b) {
-            self.buckets.insert(pos, (b, HashSet::new()));
+        // Almost always the newest bucket: search from the back.
+        let pos = self
+            .buckets
+            .iter()
+            .rposition(|(n, _)| *n <= b)
+            .map_or(0, |i| i + 1);
+        if pos == 0 || self.buckets[pos - 1].0 != b {
+            self.buckets.insert(pos, (b, Vec::new()));
+            self.buckets[pos].1.push(id);
+        } else {
+            self.buckets[pos - 1].1.push(id);
         }
-        self.buckets[pos].1.insert(id);
         true
     }
 
@@ -48,21 +58,24 @@ impl Dedup {
         let horizon = watermark.saturating_sub(self.window);
         while let Some((n, _)) = self.buckets.front() {
             // The bucket's last millisecond is (n + 1) * len - 1.
-            if (n + 1).saturating_mul(self.bucket_len) <= horizon {
-                self.buckets.pop_front();
-            } else {
+            if (n + 1).saturating_mul(self.bucket_len) > horizon {
                 break;
+            }
+            if let Some((_, ids)) = self.buckets.pop_front() {
+                for id in ids {
+                    self.seen.remove(&id);
+                }
             }
         }
     }
 
     /// Number of remembered ids.
     pub fn len(&self) -> usize {
-        self.buckets.iter().map(|(_, s)| s.len()).sum()
+        self.seen.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.seen.is_empty()
     }
 }
 

@@ -55,15 +55,13 @@ impl IdentityRules {
                 stopped += 1;
                 return;
             }
-            let hash = if prefix.is_empty() {
-                xxh3_64_with_seed(value.as_bytes(), seed)
+            // The identity's kind seeds the value's hash: "device_id"/"x" and "email"/"x" differ.
+            let seed = if prefix.is_empty() {
+                seed
             } else {
-                let mut buf = Vec::with_capacity(prefix.len() + 1 + value.len());
-                buf.extend_from_slice(prefix.as_bytes());
-                buf.push(0);
-                buf.extend_from_slice(value.as_bytes());
-                xxh3_64_with_seed(&buf, seed)
+                xxh3_64_with_seed(prefix.as_bytes(), seed)
             };
+            let hash = xxh3_64_with_seed(value.as_bytes(), seed);
             out.push(Key { hash, kind });
         };
         if let Some(c) = &e.customer_id {
@@ -76,6 +74,15 @@ impl IdentityRules {
             push(3, k, v, KeyKind::Other);
         }
         stopped
+    }
+
+    /// Whether the event carries at least one identifier that may link (cheap: no hashing).
+    pub fn any_linkable(&self, e: &Event) -> bool {
+        e.customer_id
+            .iter()
+            .chain(e.anonymous_id.iter())
+            .chain(e.identities.iter().map(|(_, v)| v))
+            .any(|v| self.linkable(v))
     }
 
     /// The id a new profile gets: its customer id, else its first anonymous identifier.

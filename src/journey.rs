@@ -132,11 +132,41 @@ pub struct Instance {
     pub started: Millis,
     pub last: Millis,
     pub steps: Box<[StepState]>,
-    /// The latest activity events as (step, event id): the evidence for alerts.
-    pub recent: Vec<(u8, CompactString)>,
+    /// The latest activity events: the evidence for alerts.
+    pub recent: Recent,
     /// Latest `value` seen on activity; NaN when none.
     pub value: f64,
     pub extra: Option<Box<InstanceExtra>>,
+}
+
+/// The latest activity events of an instance as (step, event id), oldest first. Inline: an
+/// instance's evidence costs no allocation of its own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recent {
+    ids: [CompactString; RECENT_EVENTS],
+    steps: [u8; RECENT_EVENTS],
+    len: u8,
+}
+
+impl Recent {
+    /// Appends an event, dropping the oldest when full.
+    pub fn push(&mut self, step: u8, id: CompactString) {
+        let len = usize::from(self.len);
+        if len == RECENT_EVENTS {
+            self.ids.rotate_left(1);
+            self.steps.rotate_left(1);
+            self.ids[RECENT_EVENTS - 1] = id;
+            self.steps[RECENT_EVENTS - 1] = step;
+        } else {
+            self.ids[len] = id;
+            self.steps[len] = step;
+            self.len += 1;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u8, &CompactString)> {
+        (0..usize::from(self.len)).map(|i| (self.steps[i], &self.ids[i]))
+    }
 }
 
 /// What applying one activity event did to an instance.
@@ -167,7 +197,7 @@ impl Instance {
                 def.steps.len()
             ]
             .into_boxed_slice(),
-            recent: Vec::new(),
+            recent: Recent::default(),
             value: f64::NAN,
             extra: None,
         }
@@ -230,12 +260,7 @@ impl Instance {
         if let Some(v) = value {
             self.value = v;
         }
-        if self.recent.len() == RECENT_EVENTS {
-            self.recent.remove(0);
-        } else if self.recent.capacity() == 0 {
-            self.recent.reserve_exact(RECENT_EVENTS);
-        }
-        self.recent.push((step, event_id.clone()));
+        self.recent.push(step, event_id.clone());
         Activity {
             entered,
             first_entry,
@@ -278,16 +303,15 @@ impl Instance {
         self.channels.0 |= other.channels.0;
         self.fired |= other.fired;
         // Interleave the two evidence rings by which instance was active last.
-        let mut recent = std::mem::take(&mut self.recent);
-        if other_last > self_last {
-            recent.extend(other.recent);
+        let mine = std::mem::take(&mut self.recent);
+        let (older, newer) = if other_last > self_last {
+            (&mine, &other.recent)
         } else {
-            let mut o = other.recent;
-            o.extend(recent);
-            recent = o;
+            (&other.recent, &mine)
+        };
+        for (step, id) in older.iter().chain(newer.iter()) {
+            self.recent.push(step, id.clone());
         }
-        let keep = recent.len().saturating_sub(RECENT_EVENTS);
-        self.recent = recent.split_off(keep);
         if let Some(o) = other.extra {
             let e = self.extra();
             e.errors.extend(o.errors);

@@ -185,3 +185,147 @@ fn timestamps_in_json_garbage_can_be_valid() {
     let ok = r#"{"event_id":"e","occurred_at":"2026-01-01T00:00:00Z","anonymous_id":"x","channel":"web","touchpoint":"a","action":"view"}"#;
     assert!(decode(ok.as_bytes(), Format::Auto).is_ok());
 }
+
+mod wire {
+    //! The zero-copy protobuf reader against prost, the reference implementation.
+    use super::*;
+    use cxstream::decode::{decode_json, decode_protobuf, RejectReason};
+    use cxstream::proto;
+    use prost::Message;
+    use std::collections::HashMap;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z0-9._-]{1,12}",
+            Just("unknown".to_string()),
+            Just("web".to_string()),
+            "\\PC{0,30}"
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = proto::InteractionEvent> {
+        (
+            (
+                text(),
+                prop::option::of((0i64..4_000_000_000, 0i32..1_000_000_000)),
+                text(),
+                text(),
+                prop::collection::hash_map(text(), text(), 0..3),
+            ),
+            (
+                prop_oneof![Just("web".to_string()), text()],
+                text(),
+                prop_oneof![Just("click".to_string()), text()],
+                prop_oneof![Just("failure".to_string()), text()],
+            ),
+            (
+                prop::option::of((prop_oneof![Just("nps".to_string()), text()], -2i32..12)),
+                prop::option::of(-1e6f64..1e6),
+                text(),
+                prop::collection::hash_map(text(), text(), 0..3),
+            ),
+        )
+            .prop_map(
+                |(
+                    (event_id, ts, customer_id, anonymous_id, identities),
+                    (channel, touchpoint, action, outcome),
+                    (survey, value, tier, attributes),
+                )| {
+                    proto::InteractionEvent {
+                        event_id,
+                        occurred_at: ts
+                            .map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+                        customer_id,
+                        anonymous_id,
+                        identities,
+                        channel,
+                        touchpoint,
+                        action,
+                        outcome,
+                        error_code: String::new(),
+                        survey: survey.map(|(kind, score)| proto::Survey { kind, score }),
+                        value,
+                        segment: "consumer".into(),
+                        tier,
+                        attributes,
+                    }
+                },
+            )
+    }
+
+    /// The same event as JSON, to decode through the other path.
+    fn as_json(m: &proto::InteractionEvent) -> Vec<u8> {
+        let mut j = serde_json::json!({
+            "event_id": m.event_id, "customer_id": m.customer_id, "anonymous_id": m.anonymous_id,
+            "identities": m.identities, "channel": m.channel, "touchpoint": m.touchpoint, "action": m.action,
+            "outcome": m.outcome, "segment": m.segment, "tier": m.tier, "attributes": m.attributes,
+        });
+        if let Some(t) = m.occurred_at {
+            let ms = t.seconds * 1000 + i64::from(t.nanos / 1_000_000);
+            j["occurred_at"] = cxstream::event::format_millis(ms).into();
+        }
+        if let Some(s) = &m.survey {
+            j["survey"] = serde_json::json!({"kind": s.kind, "score": s.score});
+        }
+        if let Some(v) = m.value {
+            j["value"] = v.into();
+        }
+        serde_json::to_vec(&j).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Well-formed messages: the wire reader gives what prost + the JSON path give.
+        #[test]
+        fn reader_agrees_with_prost_and_json(m in message(), junk in prop::option::of((16u32..1000, prop::collection::vec(any::<u8>(), 0..8)))) {
+            let mut bytes = m.encode_to_vec();
+            if let Some((field, payload)) = junk {
+                // An unknown length-delimited field must be skipped.
+                prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, &mut bytes);
+                prost::encoding::encode_varint(payload.len() as u64, &mut bytes);
+                bytes.extend_from_slice(&payload);
+            }
+            prop_assert_eq!(proto::InteractionEvent::decode(bytes.as_slice()).unwrap(), m.clone());
+            let ours = decode_protobuf(&bytes);
+            let theirs = decode_json(&as_json(&m));
+            match (&ours, &theirs) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(a), Err(b)) => prop_assert_eq!(a.reason, b.reason, "{} vs {}", a.detail, b.detail),
+                _ => prop_assert!(false, "protobuf {:?} but JSON {:?}", ours, theirs),
+            }
+        }
+
+        /// Arbitrary bytes: we call the wire malformed exactly when prost does.
+        #[test]
+        fn reader_rejects_what_prost_rejects(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let prost_ok = proto::InteractionEvent::decode(bytes.as_slice()).is_ok();
+            let ours = decode_protobuf(&bytes);
+            let ours_wire_ok = !matches!(&ours, Err(r) if r.reason == RejectReason::InvalidProtobuf);
+            prop_assert_eq!(prost_ok, ours_wire_ok, "{:?}", ours);
+        }
+    }
+
+    #[test]
+    fn map_keys_repeat_last_wins() {
+        let mut m = proto::InteractionEvent {
+            event_id: "e".into(),
+            customer_id: "c".into(),
+            ..Default::default()
+        };
+        m.identities = HashMap::from([("device_id".to_string(), "d1".to_string())]);
+        let mut bytes = m.encode_to_vec();
+        m.identities = HashMap::from([("device_id".to_string(), "d2".to_string())]);
+        m.encode(&mut bytes).unwrap();
+        let theirs = proto::InteractionEvent::decode(bytes.as_slice()).unwrap();
+        assert_eq!(theirs.identities["device_id"], "d2");
+        let err = decode_protobuf(&bytes).unwrap_err();
+        assert_eq!(
+            err.reason,
+            RejectReason::MissingField,
+            "no time, but the maps decoded: {}",
+            err.detail
+        );
+    }
+}

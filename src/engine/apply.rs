@@ -1,8 +1,6 @@
 //! Applying one event: identity, journey activity, and the event-driven friction detectors.
 //! (Timer-driven detection, drop-off and slow step, is in the parent module.)
 
-use std::cmp::Reverse;
-
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::{close, Engine, Timer, DROP_OFF};
@@ -122,12 +120,12 @@ impl Engine {
                     }
                     p.open.push(Instance::open(def, j, id, t));
                     stats.journeys_started += 1;
-                    timers.push(Reverse(Timer {
+                    timers.push(Timer {
                         due: t + def.abandon_after,
                         instance: id,
                         kind: DROP_OFF,
                         slot,
-                    }));
+                    });
                     p.open.len() - 1
                 }
                 None => continue,
@@ -137,12 +135,12 @@ impl Engine {
             if let (true, true, Some(sla)) =
                 (act.first_entry, fr.slow_step, def.sla[usize::from(s)])
             {
-                timers.push(Reverse(Timer {
+                timers.push(Timer {
                     due: t + sla,
                     instance: inst.id,
                     kind: s + 1,
                     slot,
-                }));
+                });
             }
             touched.push((idx, s, act));
         }

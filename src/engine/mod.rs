@@ -108,52 +108,19 @@ pub struct EngineStats {
     pub journeys_closed: [u64; 3],
 }
 
-/// A buffered event, ordered by (time, id hash, id).
-#[derive(Debug)]
-struct Pending {
-    t: Millis,
-    id_hash: u64,
-    event: Box<Event>,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o).is_eq()
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.t, self.id_hash, &self.event.event_id).cmp(&(o.t, o.id_hash, &o.event.event_id))
-    }
-}
-
-/// Timer kinds: drop-off, or slow step on step `kind - 1`.
-const DROP_OFF: u8 = 0;
-
-/// A scheduled check on one instance. At most one drop-off timer per instance is queued: an
-/// instance's deadline moves with activity, and the timer re-arms itself when it finds the
-/// deadline moved (instead of queueing a timer per event).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Timer {
-    due: Millis,
-    instance: u64,
-    kind: u8,
-    slot: u32,
-}
-
 /// The engine's state for one shard of profiles.
 pub struct Engine {
     rules: Rules,
     watermark: Millis,
     max_seen: Millis,
-    pending: BinaryHeap<Reverse<Pending>>,
-    timers: BinaryHeap<Reverse<Timer>>,
+    /// Buffered events in application order: (event time, event id hash, slot in `parked`).
+    /// Two distinct ids with the same millisecond and the same 64-bit hash would be ordered
+    /// by arrival: the one (astronomically rare) case where arrival order can show through.
+    pending: BinaryHeap<Reverse<(Millis, u64, u32)>>,
+    /// The buffered events themselves, in reusable slots (no allocation per event).
+    parked: Vec<Option<Event>>,
+    free_parked: Vec<u32>,
+    timers: TimerQueue,
     dedup: Dedup,
     profiles: Vec<Option<Profile>>,
     free: Vec<u32>,
@@ -175,7 +142,9 @@ impl Engine {
             watermark: Millis::MIN,
             max_seen: Millis::MIN,
             pending: BinaryHeap::new(),
-            timers: BinaryHeap::new(),
+            parked: Vec::new(),
+            free_parked: Vec::new(),
+            timers: TimerQueue::new(),
             profiles: Vec::new(),
             free: Vec::new(),
             index: IdentityIndex::default(),
@@ -212,6 +181,10 @@ impl Engine {
     pub fn open_journeys(&self) -> usize {
         self.profiles.iter().flatten().map(|p| p.open.len()).sum()
     }
+    /// Drop-off and slow-step checks scheduled.
+    pub fn scheduled_timers(&self) -> usize {
+        self.timers.len()
+    }
     /// Events accepted but not yet applied (waiting for the watermark).
     pub fn buffered(&self) -> usize {
         self.pending.len()
@@ -224,11 +197,7 @@ impl Engine {
             self.stats.late += 1;
             return Ingest::Late;
         }
-        let mut keys = std::mem::take(&mut self.keys);
-        self.rules.identity.keys(&event, &mut keys);
-        let linkable = !keys.is_empty();
-        self.keys = keys;
-        if !linkable {
+        if !self.rules.identity.any_linkable(&event) {
             self.stats.unlinkable += 1;
             return Ingest::Unlinkable;
         }
@@ -240,11 +209,17 @@ impl Engine {
         self.stats.accepted += 1;
         self.stats.unknown_channel += u64::from(event.unknown_channel);
         self.stats.unknown_action += u64::from(event.unknown_action);
-        self.pending.push(Reverse(Pending {
-            t,
-            id_hash,
-            event: Box::new(event),
-        }));
+        let slot = match self.free_parked.pop() {
+            Some(s) => {
+                self.parked[s as usize] = Some(event);
+                s
+            }
+            None => {
+                self.parked.push(Some(event));
+                (self.parked.len() - 1) as u32
+            }
+        };
+        self.pending.push(Reverse((t, id_hash, slot)));
         if t > self.max_seen {
             self.max_seen = t;
             self.advance_to(t.saturating_sub(self.rules.allowed_lateness), out);
@@ -261,22 +236,26 @@ impl Engine {
         }
         self.watermark = w;
         loop {
-            let next_event = self.pending.peek().map(|p| p.0.t).filter(|t| *t < w);
-            let next_timer = self.timers.peek().map(|t| t.0.due).filter(|d| *d < w);
+            let next_event = self.pending.peek().map(|p| p.0 .0).filter(|t| *t < w);
+            let next_timer = self.timers.peek_due().filter(|d| *d < w);
             match (next_event, next_timer) {
                 (_, Some(d)) if next_event.is_none_or(|t| d <= t) => {
-                    let Some(Reverse(timer)) = self.timers.pop() else {
+                    let Some(timer) = self.timers.pop() else {
                         break;
                     };
                     self.maybe_sweep(d);
                     self.fire(timer, out);
                 }
                 (Some(t), _) => {
-                    let Some(Reverse(p)) = self.pending.pop() else {
+                    let Some(Reverse((_, _, slot))) = self.pending.pop() else {
                         break;
                     };
+                    let Some(event) = self.parked[slot as usize].take() else {
+                        break;
+                    };
+                    self.free_parked.push(slot);
                     self.maybe_sweep(t);
-                    self.apply(*p.event, out);
+                    self.apply(event, out);
                 }
                 _ => break,
             }
@@ -388,7 +367,9 @@ impl Engine {
             if self.index.get(k.hash).is_none() {
                 if self.profile(primary).keys.len() < cap {
                     self.index.set(k.hash, primary);
-                    self.profile_mut(primary).keys.push(k.hash);
+                    let keys = &mut self.profile_mut(primary).keys;
+                    keys.reserve_exact(1); // most profiles hold 1-3 keys: no growth slack
+                    keys.push(k.hash);
                     self.stats.identity_links += 1;
                 } else {
                     self.stats.guardrail_identifier_cap += 1;
@@ -437,7 +418,9 @@ impl Engine {
                     }
                 }
             }
-            self.timers.extend(arm.into_iter().map(Reverse));
+            for t in arm {
+                self.timers.push(t);
+            }
         }
     }
 
@@ -465,10 +448,10 @@ impl Engine {
         if timer.kind == DROP_OFF {
             let deadline = p.open[idx].last + def.abandon_after;
             if deadline > timer.due {
-                timers.push(Reverse(Timer {
+                timers.push(Timer {
                     due: deadline,
                     ..timer
-                }));
+                });
                 return;
             }
             p.open[idx].fire(AlertType::DropOff);
@@ -589,5 +572,8 @@ fn _assert_compact_string_is_small() {
 }
 
 mod apply;
+mod timers;
+
+use timers::{Timer, TimerQueue, DROP_OFF};
 #[cfg(test)]
 mod tests;

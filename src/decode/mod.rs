@@ -8,7 +8,6 @@ use std::borrow::Cow;
 use std::fmt;
 
 use compact_str::CompactString;
-use prost::Message;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
@@ -104,10 +103,13 @@ pub fn decode(bytes: &[u8], format: Format) -> Result<Event, Reject> {
     }
 }
 
+mod wire;
+
 /// The fields of an event as they arrive, before validation (shared by both formats).
+#[derive(Default)]
 struct Raw<'a> {
     event_id: Cow<'a, str>,
-    occurred_at: Result<Millis, Reject>,
+    occurred_at: Option<Result<Millis, Reject>>,
     customer_id: Cow<'a, str>,
     anonymous_id: Cow<'a, str>,
     identities: Vec<(Cow<'a, str>, Cow<'a, str>)>,
@@ -166,7 +168,12 @@ fn to_compact(value: Cow<'_, str>) -> CompactString {
 impl Raw<'_> {
     fn validate(self) -> Result<Event, Reject> {
         let event_id = required("event_id", self.event_id, MAX_ID_BYTES)?;
-        let occurred_at = self.occurred_at?;
+        let occurred_at = self.occurred_at.unwrap_or_else(|| {
+            Err(Reject::new(
+                RejectReason::MissingField,
+                "required field `occurred_at` is missing",
+            ))
+        })?;
         let channel_label = required("channel", self.channel, MAX_TEXT_BYTES)?;
         let touchpoint = required("touchpoint", self.touchpoint, MAX_TEXT_BYTES)?;
         let action_label = required("action", self.action, MAX_TEXT_BYTES)?;
@@ -193,7 +200,9 @@ impl Raw<'_> {
         let mut identities = Vec::with_capacity(self.identities.len());
         for (kind, value) in self.identities {
             check_len("identities key", &kind, MAX_TEXT_BYTES)?;
-            check_len(&format!("identities.{kind}"), &value, MAX_ID_BYTES)?;
+            if value.len() > MAX_ID_BYTES {
+                check_len(&format!("identities.{kind}"), &value, MAX_ID_BYTES)?;
+            }
             if !value.is_empty() {
                 identities.push((to_compact(kind), to_compact(value)));
             }
@@ -398,7 +407,7 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, Reject> {
         .unwrap_or(Cow::Borrowed(""));
     Raw {
         event_id: j.event_id.unwrap_or_default(),
-        occurred_at,
+        occurred_at: Some(occurred_at),
         customer_id: j.customer_id.unwrap_or_default(),
         anonymous_id: j.anonymous_id.unwrap_or_default(),
         identities: j.identities.map(|p| p.0).unwrap_or_default(),
@@ -419,7 +428,7 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, Reject> {
 
 // ---------------------------------------------------------------- protobuf
 
-/// Decodes one binary protobuf `cx.v1.InteractionEvent`.
+/// Decodes one binary protobuf `cx.v1.InteractionEvent` (zero-copy, see [`wire`]).
 pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, Reject> {
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(Reject::new(
@@ -430,61 +439,7 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, Reject> {
             ),
         ));
     }
-    let p = proto::InteractionEvent::decode(bytes)
-        .map_err(|e| Reject::new(RejectReason::InvalidProtobuf, e.to_string()))?;
-    let occurred_at = match p.occurred_at {
-        None => Err(Reject::new(
-            RejectReason::MissingField,
-            "required field `occurred_at` is missing",
-        )),
-        Some(ts) => {
-            if !(0..1_000_000_000).contains(&ts.nanos) {
-                Err(Reject::new(
-                    RejectReason::InvalidTimestamp,
-                    format!("`occurred_at.nanos` {} is out of range", ts.nanos),
-                ))
-            } else {
-                match ts.seconds.checked_mul(1000) {
-                    Some(ms) => check_time_range(
-                        ms + i64::from(ts.nanos / 1_000_000),
-                        &format_args!("{}s", ts.seconds),
-                    ),
-                    None => Err(Reject::new(
-                        RejectReason::InvalidTimestamp,
-                        "`occurred_at.seconds` overflows",
-                    )),
-                }
-            }
-        }
-    };
-    let attribute_count = p.attributes.len();
-    let mut attributes = p.attributes;
-    let element = attributes.remove("element").unwrap_or_default();
-    let mut identities: Vec<_> = p
-        .identities
-        .into_iter()
-        .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
-        .collect();
-    identities.truncate(MAX_IDENTITIES + 1);
-    Raw {
-        event_id: Cow::Owned(p.event_id),
-        occurred_at,
-        customer_id: Cow::Owned(p.customer_id),
-        anonymous_id: Cow::Owned(p.anonymous_id),
-        identities,
-        channel: Cow::Owned(p.channel),
-        touchpoint: Cow::Owned(p.touchpoint),
-        action: Cow::Owned(p.action),
-        outcome: Cow::Owned(p.outcome),
-        error_code: Cow::Owned(p.error_code),
-        survey: p.survey.map(|s| (Cow::Owned(s.kind), i64::from(s.score))),
-        value: p.value,
-        segment: Cow::Owned(p.segment),
-        tier: Cow::Owned(p.tier),
-        element: Cow::Owned(element),
-        attribute_count,
-    }
-    .validate()
+    wire::parse_event(bytes)?.validate()
 }
 
 // ---------------------------------------------------------------- encoding (for producers, tests, simulator)
@@ -581,6 +536,7 @@ pub fn to_json(e: &Event) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     const SAMPLE: &str = r#"{"event_id": "e-1001", "occurred_at": "2026-11-22T10:00:03.120Z",
  "customer_id": "c-42", "anonymous_id": "a-9f3", "identities": {"device_id": "d-7"},

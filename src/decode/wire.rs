@@ -1,0 +1,260 @@
+//! A zero-copy reader for the protobuf wire format of `cx.v1.InteractionEvent`.
+//!
+//! prost decodes every string into its own `String` and every map into a `HashMap`: a dozen
+//! allocations per event, on the hottest path we have. This reader borrows strings from the
+//! input instead (short ones then live inline in `CompactString`, with no allocation at all).
+//! It follows the protobuf rules prost does: unknown fields are skipped, the last value of a
+//! scalar field wins, embedded messages merge. A property test checks it against prost.
+
+use std::borrow::Cow;
+
+use super::{check_time_range, Raw, Reject, RejectReason};
+
+fn bad(detail: impl Into<String>) -> Reject {
+    Reject::new(RejectReason::InvalidProtobuf, detail)
+}
+
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+fn varint(buf: &mut &[u8]) -> Result<u64, Reject> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let Some((&b, rest)) = buf.split_first() else {
+            return Err(bad("truncated varint"));
+        };
+        *buf = rest;
+        if i == 9 && b > 1 {
+            return Err(bad("varint overflows 64 bits"));
+        }
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(bad("varint longer than 10 bytes"))
+}
+
+/// A field key: (field number, wire type).
+fn key(buf: &mut &[u8]) -> Result<(u64, u8), Reject> {
+    let k = varint(buf)?;
+    let field = k >> 3;
+    if field == 0 || field > u64::from(u32::MAX >> 3) {
+        return Err(bad(format!("invalid field number {field}")));
+    }
+    Ok((field, (k & 7) as u8))
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], Reject> {
+    if n > buf.len() {
+        return Err(bad(format!(
+            "field of {n} bytes runs past the end of the message"
+        )));
+    }
+    let (head, rest) = buf.split_at(n);
+    *buf = rest;
+    Ok(head)
+}
+
+fn bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], Reject> {
+    let n = varint(buf)?;
+    take(
+        buf,
+        usize::try_from(n).map_err(|_| bad("length overflows"))?,
+    )
+}
+
+fn string<'a>(buf: &mut &'a [u8], field: &str) -> Result<Cow<'a, str>, Reject> {
+    let b = bytes(buf)?;
+    std::str::from_utf8(b)
+        .map(Cow::Borrowed)
+        .map_err(|_| bad(format!("field `{field}` is not valid UTF-8")))
+}
+
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
+/// Deepest nesting of (deprecated) groups in an unknown field that is skipped.
+const MAX_GROUP_DEPTH: u32 = 64;
+
+fn skip(buf: &mut &[u8], wire: u8, field: u64) -> Result<(), Reject> {
+    skip_at(buf, wire, field, 0)
+}
+
+fn skip_at(buf: &mut &[u8], wire: u8, field: u64, depth: u32) -> Result<(), Reject> {
+    match wire {
+        VARINT => varint(buf).map(drop),
+        FIXED64 => take(buf, 8).map(drop),
+        LEN => bytes(buf).map(drop),
+        FIXED32 => take(buf, 4).map(drop),
+        START_GROUP => {
+            if depth >= MAX_GROUP_DEPTH {
+                return Err(bad("groups nested too deep"));
+            }
+            loop {
+                let (f, w) = key(buf)?;
+                if w == END_GROUP {
+                    return if f == field {
+                        Ok(())
+                    } else {
+                        Err(bad(format!("group {field} closed by {f}")))
+                    };
+                }
+                skip_at(buf, w, f, depth + 1)?;
+            }
+        }
+        w => Err(bad(format!("field {field} has invalid wire type {w}"))),
+    }
+}
+
+fn expect(wire: u8, want: u8, name: &str) -> Result<(), Reject> {
+    if wire != want {
+        return Err(bad(format!(
+            "field `{name}` has wire type {wire}, expected {want}"
+        )));
+    }
+    Ok(())
+}
+
+/// A `map<string, string>` entry: (key, value).
+fn map_entry<'a>(mut buf: &'a [u8], name: &str) -> Result<(Cow<'a, str>, Cow<'a, str>), Reject> {
+    let (mut k, mut v) = (Cow::Borrowed(""), Cow::Borrowed(""));
+    while !buf.is_empty() {
+        match key(&mut buf)? {
+            (1, w) => {
+                expect(w, LEN, name)?;
+                k = string(&mut buf, name)?;
+            }
+            (2, w) => {
+                expect(w, LEN, name)?;
+                v = string(&mut buf, name)?;
+            }
+            (f, w) => skip(&mut buf, w, f)?,
+        }
+    }
+    Ok((k, v))
+}
+
+/// Parses the wire bytes into raw fields; validation is shared with JSON.
+pub(super) fn parse_event(mut buf: &[u8]) -> Result<Raw<'_>, Reject> {
+    let mut raw = Raw::default();
+    let mut ts: Option<(i64, i32)> = None;
+    while !buf.is_empty() {
+        let (field, w) = key(&mut buf)?;
+        let name = match field {
+            1 => "event_id",
+            2 => "occurred_at",
+            3 => "customer_id",
+            4 => "anonymous_id",
+            5 => "identities",
+            6 => "channel",
+            7 => "touchpoint",
+            8 => "action",
+            9 => "outcome",
+            10 => "error_code",
+            11 => "survey",
+            12 => "value",
+            13 => "segment",
+            14 => "tier",
+            15 => "attributes",
+            _ => {
+                skip(&mut buf, w, field)?;
+                continue;
+            }
+        };
+        if field == 12 {
+            expect(w, FIXED64, name)?;
+            let b = take(&mut buf, 8)?;
+            raw.value = Some(f64::from_le_bytes(
+                b.try_into().map_err(|_| bad("short double"))?,
+            ));
+            continue;
+        }
+        expect(w, LEN, name)?;
+        match field {
+            2 => {
+                let mut m = bytes(&mut buf)?;
+                let (mut secs, mut nanos) = ts.unwrap_or((0, 0));
+                while !m.is_empty() {
+                    match key(&mut m)? {
+                        (1, VARINT) => secs = varint(&mut m)? as i64,
+                        (2, VARINT) => nanos = varint(&mut m)? as i32,
+                        (f, w) if f > 2 => skip(&mut m, w, f)?,
+                        (f, w) => {
+                            return Err(bad(format!("occurred_at field {f} has wire type {w}")))
+                        }
+                    }
+                }
+                ts = Some((secs, nanos));
+            }
+            5 => raw.identities.push(map_entry(bytes(&mut buf)?, name)?),
+            15 => {
+                let (k, v) = map_entry(bytes(&mut buf)?, name)?;
+                raw.attribute_count += 1;
+                if k == "element" {
+                    raw.element = v;
+                }
+            }
+            11 => {
+                let mut m = bytes(&mut buf)?;
+                let (mut kind, mut score) = raw.survey.take().unwrap_or((Cow::Borrowed(""), 0));
+                while !m.is_empty() {
+                    match key(&mut m)? {
+                        (1, LEN) => kind = string(&mut m, "survey.kind")?,
+                        (2, VARINT) => score = i64::from(varint(&mut m)? as i32),
+                        (f, w) if f > 2 => skip(&mut m, w, f)?,
+                        (f, w) => return Err(bad(format!("survey field {f} has wire type {w}"))),
+                    }
+                }
+                raw.survey = Some((kind, score));
+            }
+            _ => {
+                let s = string(&mut buf, name)?;
+                let slot = match field {
+                    1 => &mut raw.event_id,
+                    3 => &mut raw.customer_id,
+                    4 => &mut raw.anonymous_id,
+                    6 => &mut raw.channel,
+                    7 => &mut raw.touchpoint,
+                    8 => &mut raw.action,
+                    9 => &mut raw.outcome,
+                    10 => &mut raw.error_code,
+                    13 => &mut raw.segment,
+                    _ => &mut raw.tier,
+                };
+                *slot = s;
+            }
+        }
+    }
+    // Map keys are unique: a repeated key's last value wins, as in prost's HashMap.
+    if raw.identities.len() > 1 {
+        let mut seen = std::collections::HashSet::new();
+        let mut deduped: Vec<_> = raw
+            .identities
+            .drain(..)
+            .rev()
+            .filter(|(k, _)| seen.insert(k.clone()))
+            .collect();
+        deduped.reverse();
+        raw.identities = deduped;
+    }
+    raw.occurred_at = ts.map(|(secs, nanos)| {
+        if !(0..1_000_000_000).contains(&nanos) {
+            return Err(Reject::new(
+                RejectReason::InvalidTimestamp,
+                format!("`occurred_at.nanos` {nanos} is out of range"),
+            ));
+        }
+        match secs.checked_mul(1000) {
+            Some(ms) => {
+                check_time_range(ms + i64::from(nanos / 1_000_000), &format_args!("{secs}s"))
+            }
+            None => Err(Reject::new(
+                RejectReason::InvalidTimestamp,
+                "`occurred_at.seconds` overflows",
+            )),
+        }
+    });
+    Ok(raw)
+}
