@@ -5,6 +5,7 @@
 //! `severity`) and shows the `evidence` (event ids). Ids are deterministic hashes of what
 //! the alert is about, so replaying the same input gives the same ids.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -133,13 +134,23 @@ impl Scorer {
 }
 
 /// A deterministic id from the parts that identify what an output is about.
-pub fn stable_id(parts: &[&[u8]]) -> String {
+pub fn stable_id(parts: &[&[u8]]) -> CompactString {
     let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for p in parts {
         buf.extend_from_slice(p);
         buf.push(0x1f);
     }
-    format!("{:032x}", xxh3_128(&buf))
+    hex(xxh3_128(&buf), 32)
+}
+
+/// The low `digits` hex digits of `v`, zero-padded (ids are on the hot path: no formatter).
+pub fn hex(v: u128, digits: usize) -> CompactString {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = CompactString::with_capacity(digits);
+    for i in (0..digits).rev() {
+        s.push(char::from(DIGITS[((v >> (4 * i)) & 0xf) as usize]));
+    }
+    s
 }
 
 mod rfc3339 {
@@ -156,36 +167,36 @@ mod rfc3339 {
 /// A friction or drop-off alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    pub alert_id: String,
+    pub alert_id: CompactString,
     pub kind: AlertKind,
     #[serde(rename = "type")]
     pub alert_type: AlertType,
     pub severity: Severity,
     pub score: f64,
     pub factors: ScoreFactors,
-    pub profile_id: String,
+    pub profile_id: CompactString,
     /// Empty while the profile is anonymous.
-    pub customer_id: String,
+    pub customer_id: CompactString,
     /// Empty for repeat_contact and for friction outside any journey.
-    pub journey: String,
-    pub journey_instance_id: String,
+    pub journey: CompactString,
+    pub journey_instance_id: CompactString,
     /// drop_off: the furthest step; slow_step: the step over its SLA; otherwise the triggering
     /// touchpoint when it is a step of the journey, else empty.
-    pub step: String,
+    pub step: CompactString,
     /// The touchpoint of the triggering event (for timers: the step).
-    pub touchpoint: String,
+    pub touchpoint: CompactString,
     pub channels: Vec<Channel>,
     #[serde(with = "rfc3339")]
     pub occurred_at: Millis,
-    pub evidence: Vec<String>,
-    pub segment: String,
-    pub tier: String,
+    pub evidence: Vec<CompactString>,
+    pub segment: CompactString,
+    pub tier: CompactString,
 }
 
 /// Time spent on one step of a journey instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepTiming {
-    pub step: String,
+    pub step: CompactString,
     #[serde(with = "rfc3339")]
     pub first_entered_at: Millis,
     pub entries: u32,
@@ -197,23 +208,23 @@ pub struct StepTiming {
 pub struct SurveyScore {
     pub kind: SurveyKind,
     pub score: i32,
-    pub event_id: String,
+    pub event_id: CompactString,
 }
 
 /// The record of one journey instance, emitted when it completes or is abandoned (and again,
 /// with `revision` + 1, when a survey answer attaches to it afterwards).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JourneySummary {
-    pub journey_instance_id: String,
-    pub journey: String,
-    pub profile_id: String,
-    pub customer_id: String,
+    pub journey_instance_id: CompactString,
+    pub journey: CompactString,
+    pub profile_id: CompactString,
+    pub customer_id: CompactString,
     pub outcome: JourneyOutcome,
     #[serde(with = "rfc3339")]
     pub started_at: Millis,
     #[serde(with = "rfc3339")]
     pub ended_at: Millis,
-    pub furthest_step: String,
+    pub furthest_step: CompactString,
     pub steps: Vec<StepTiming>,
     pub channels: Vec<Channel>,
     /// The friction detectors (and drop_off) that fired on this instance.
@@ -221,8 +232,8 @@ pub struct JourneySummary {
     pub surveys: Vec<SurveyScore>,
     /// The latest `value` seen on the instance's activity (e.g. basket or order value).
     pub value: Option<f64>,
-    pub segment: String,
-    pub tier: String,
+    pub segment: CompactString,
+    pub tier: CompactString,
     pub revision: u32,
 }
 
@@ -248,7 +259,7 @@ fn labels(c: &[Channel]) -> Vec<String> {
 impl Alert {
     pub fn to_proto(&self) -> proto::Alert {
         proto::Alert {
-            alert_id: self.alert_id.clone(),
+            alert_id: self.alert_id.to_string(),
             kind: self.kind.as_str().into(),
             r#type: self.alert_type.as_str().into(),
             severity: self.severity.as_str().into(),
@@ -258,17 +269,17 @@ impl Alert {
                 step_weight: self.factors.step_weight,
                 tier_multiplier: self.factors.tier_multiplier,
             }),
-            profile_id: self.profile_id.clone(),
-            customer_id: self.customer_id.clone(),
-            journey: self.journey.clone(),
-            journey_instance_id: self.journey_instance_id.clone(),
-            step: self.step.clone(),
+            profile_id: self.profile_id.to_string(),
+            customer_id: self.customer_id.to_string(),
+            journey: self.journey.to_string(),
+            journey_instance_id: self.journey_instance_id.to_string(),
+            step: self.step.to_string(),
             channels: labels(&self.channels),
             occurred_at: ts(self.occurred_at),
-            evidence: self.evidence.clone(),
-            segment: self.segment.clone(),
-            tier: self.tier.clone(),
-            touchpoint: self.touchpoint.clone(),
+            evidence: self.evidence.iter().map(|e| e.to_string()).collect(),
+            segment: self.segment.to_string(),
+            tier: self.tier.to_string(),
+            touchpoint: self.touchpoint.to_string(),
         }
     }
 }
@@ -276,19 +287,19 @@ impl Alert {
 impl JourneySummary {
     pub fn to_proto(&self) -> proto::JourneySummary {
         proto::JourneySummary {
-            journey_instance_id: self.journey_instance_id.clone(),
-            journey: self.journey.clone(),
-            profile_id: self.profile_id.clone(),
-            customer_id: self.customer_id.clone(),
+            journey_instance_id: self.journey_instance_id.to_string(),
+            journey: self.journey.to_string(),
+            profile_id: self.profile_id.to_string(),
+            customer_id: self.customer_id.to_string(),
             outcome: self.outcome.as_str().into(),
             started_at: ts(self.started_at),
             ended_at: ts(self.ended_at),
-            furthest_step: self.furthest_step.clone(),
+            furthest_step: self.furthest_step.to_string(),
             steps: self
                 .steps
                 .iter()
                 .map(|s| proto::StepTiming {
-                    step: s.step.clone(),
+                    step: s.step.to_string(),
                     first_entered_at: ts(s.first_entered_at),
                     entries: s.entries,
                     seconds: s.seconds,
@@ -306,12 +317,12 @@ impl JourneySummary {
                 .map(|s| proto::SurveyScore {
                     kind: s.kind.as_str().into(),
                     score: s.score,
-                    event_id: s.event_id.clone(),
+                    event_id: s.event_id.to_string(),
                 })
                 .collect(),
             value: self.value.unwrap_or(0.0),
-            segment: self.segment.clone(),
-            tier: self.tier.clone(),
+            segment: self.segment.to_string(),
+            tier: self.tier.to_string(),
             revision: self.revision,
         }
     }
@@ -350,5 +361,7 @@ mod tests {
         assert_eq!(stable_id(&[b"a", b"bc"]), stable_id(&[b"a", b"bc"]));
         assert_ne!(stable_id(&[b"a", b"bc"]), stable_id(&[b"ab", b"c"]));
         assert_eq!(stable_id(&[b"x"]).len(), 32);
+        assert_eq!(hex(0xab, 4), "00ab");
+        assert_eq!(hex(u128::from(u64::MAX), 16), format!("{:016x}", u64::MAX));
     }
 }

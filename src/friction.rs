@@ -99,13 +99,13 @@ pub fn count_keyed(
     t: Millis,
     id: &CompactString,
     th: Threshold,
-) -> Option<Vec<String>> {
+) -> Option<Vec<CompactString>> {
     history.retain(|(_, at, _)| *at > t - th.within);
     history.push((key, t, id.clone()));
-    let ids: Vec<String> = history
+    let ids: Vec<CompactString> = history
         .iter()
         .filter(|(k, _, _)| *k == key)
-        .map(|(_, _, id)| id.to_string())
+        .map(|(_, _, id)| id.clone())
         .collect();
     (ids.len() >= th.count).then_some(ids)
 }
@@ -116,10 +116,10 @@ pub fn count_window(
     t: Millis,
     id: &CompactString,
     th: Threshold,
-) -> Option<Vec<String>> {
+) -> Option<Vec<CompactString>> {
     history.retain(|(at, _)| *at > t - th.within);
     history.push((t, id.clone()));
-    (history.len() >= th.count).then(|| history.iter().map(|(_, id)| id.to_string()).collect())
+    (history.len() >= th.count).then(|| history.iter().map(|(_, id)| id.clone()).collect())
 }
 
 /// Friction outside journeys: true (and the cooldown starts) unless this profile already had
@@ -160,7 +160,7 @@ pub fn build_alert(
     ty: AlertType,
     subject: Subject<'_>,
     occurred_at: Millis,
-    mut evidence: Vec<String>,
+    mut evidence: Vec<CompactString>,
 ) -> Alert {
     let tier = symbols.name(p.tier);
     let (def, inst) = subject.journey.unzip();
@@ -176,8 +176,8 @@ pub fn build_alert(
         instance_id.as_str()
     };
     let step = match (def, subject.step) {
-        (Some(d), Some(s)) => d.steps[usize::from(s)].to_string(),
-        _ => String::new(),
+        (Some(d), Some(s)) => d.steps[usize::from(s)].clone(),
+        _ => CompactString::default(),
     };
     evidence.dedup();
     if evidence.len() > 10 {
@@ -195,19 +195,19 @@ pub fn build_alert(
         severity,
         score,
         factors,
-        profile_id: p.id.to_string(),
-        customer_id: p.customer_id().to_string(),
-        journey: def.map(|d| d.name.to_string()).unwrap_or_default(),
+        profile_id: p.id.clone(),
+        customer_id: p.customer_id().into(),
+        journey: def.map(|d| d.name.clone()).unwrap_or_default(),
         journey_instance_id: instance_id,
         step,
-        touchpoint: subject.touchpoint.to_string(),
+        touchpoint: subject.touchpoint.into(),
         channels: inst
             .map(|i| i.channels.iter().collect())
             .unwrap_or_default(),
         occurred_at,
         evidence,
-        segment: symbols.name(p.segment).to_string(),
-        tier: tier.to_string(),
+        segment: symbols.name(p.segment).into(),
+        tier: tier.into(),
     }
 }
 

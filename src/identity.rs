@@ -33,12 +33,41 @@ pub struct Key {
 /// Identity settings, compiled.
 #[derive(Debug, Clone)]
 pub struct IdentityRules {
-    pub never_link: Vec<CompactString>,
+    never_link: Vec<CompactString>,
+    never_link_max_len: usize,
+    /// Lower-cased first bytes of the never-link values (1 = some value starts with it).
+    never_link_first: [u8; 256],
     pub max_identifiers: usize,
 }
 
 impl IdentityRules {
+    pub fn new(never_link: &[String], max_identifiers: usize) -> IdentityRules {
+        IdentityRules {
+            never_link: never_link.iter().map(|s| s.as_str().into()).collect(),
+            never_link_max_len: never_link.iter().map(String::len).max().unwrap_or(0),
+            never_link_first: {
+                let mut t = [0u8; 256];
+                for v in never_link.iter().filter_map(|v| v.as_bytes().first()) {
+                    t[usize::from(v.to_ascii_lowercase())] = 1;
+                }
+                t
+            },
+            max_identifiers,
+        }
+    }
+
     fn linkable(&self, value: &str) -> bool {
+        // Most real identifiers are longer than any placeholder, or start with a byte no
+        // placeholder starts with: they skip the comparisons.
+        let first = value
+            .as_bytes()
+            .first()
+            .map_or(0, |b| b.to_ascii_lowercase());
+        if value.len() > self.never_link_max_len
+            || (!value.is_empty() && self.never_link_first[usize::from(first)] == 0)
+        {
+            return true;
+        }
         !self
             .never_link
             .iter()
@@ -167,12 +196,10 @@ mod tests {
     use crate::decode::decode_json;
 
     fn rules() -> IdentityRules {
-        IdentityRules {
-            never_link: ["", "0", "unknown", "null", "undefined"]
-                .map(Into::into)
-                .to_vec(),
-            max_identifiers: 8,
-        }
+        IdentityRules::new(
+            &["", "0", "unknown", "null", "undefined"].map(String::from),
+            8,
+        )
     }
 
     #[test]

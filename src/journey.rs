@@ -203,8 +203,8 @@ impl Instance {
         }
     }
 
-    pub fn id_string(&self) -> String {
-        format!("{:016x}", self.id)
+    pub fn id_string(&self) -> CompactString {
+        crate::alert::hex(u128::from(self.id), 16)
     }
 
     pub fn has_fired(&self, t: AlertType) -> bool {
@@ -321,11 +321,11 @@ impl Instance {
     }
 
     /// Recent event ids, oldest first (optionally only those on `step`).
-    pub fn evidence(&self, step: Option<u8>) -> Vec<String> {
+    pub fn evidence(&self, step: Option<u8>) -> Vec<CompactString> {
         self.recent
             .iter()
             .filter(|(s, _)| step.is_none_or(|x| *s == x))
-            .map(|(_, id)| id.to_string())
+            .map(|(_, id)| id.clone())
             .collect()
     }
 
@@ -350,7 +350,7 @@ impl Instance {
             .iter()
             .enumerate()
             .map(|(k, &(t, i))| StepTiming {
-                step: def.steps[i].to_string(),
+                step: def.steps[i].clone(),
                 first_entered_at: t,
                 entries: u32::from(self.steps[i].entries),
                 seconds: entered
@@ -365,25 +365,25 @@ impl Instance {
             .map(|(s, id)| SurveyScore {
                 kind: s.kind,
                 score: s.score,
-                event_id: id.to_string(),
+                event_id: id.clone(),
             })
             .collect();
         JourneySummary {
             journey_instance_id: self.id_string(),
-            journey: def.name.to_string(),
-            profile_id: profile_id.to_string(),
-            customer_id: customer_id.to_string(),
+            journey: def.name.clone(),
+            profile_id: profile_id.into(),
+            customer_id: customer_id.into(),
             outcome,
             started_at: self.started,
             ended_at: ended,
-            furthest_step: def.steps[usize::from(self.furthest)].to_string(),
+            furthest_step: def.steps[usize::from(self.furthest)].clone(),
             steps,
             channels: self.channels.iter().collect(),
             friction: AlertType::from_mask(self.fired).collect(),
             surveys,
             value: (!self.value.is_nan()).then_some(self.value),
-            segment: segment.to_string(),
-            tier: tier.to_string(),
+            segment: segment.into(),
+            tier: tier.into(),
             revision,
         }
     }

@@ -150,6 +150,18 @@ fn required(field: &str, value: Cow<'_, str>, max: usize) -> Result<CompactStrin
     Ok(to_compact(value))
 }
 
+/// A required label that is only parsed (into an enum), never kept: no copy.
+fn required_label<'s>(field: &str, value: &'s str) -> Result<&'s str, Reject> {
+    if value.is_empty() {
+        return Err(Reject::new(
+            RejectReason::MissingField,
+            format!("required field `{field}` is missing or empty"),
+        ));
+    }
+    check_len(field, value, MAX_TEXT_BYTES)?;
+    Ok(value)
+}
+
 fn optional(field: &str, value: Cow<'_, str>, max: usize) -> Result<Option<CompactString>, Reject> {
     if value.is_empty() {
         return Ok(None);
@@ -174,9 +186,9 @@ impl Raw<'_> {
                 "required field `occurred_at` is missing",
             ))
         })?;
-        let channel_label = required("channel", self.channel, MAX_TEXT_BYTES)?;
+        let channel_label = required_label("channel", &self.channel)?;
         let touchpoint = required("touchpoint", self.touchpoint, MAX_TEXT_BYTES)?;
-        let action_label = required("action", self.action, MAX_TEXT_BYTES)?;
+        let action_label = required_label("action", &self.action)?;
         let customer_id = optional("customer_id", self.customer_id, MAX_ID_BYTES)?;
         let anonymous_id = optional("anonymous_id", self.anonymous_id, MAX_ID_BYTES)?;
         if self.identities.len() > MAX_IDENTITIES {
@@ -254,8 +266,8 @@ impl Raw<'_> {
                 ));
             }
         }
-        let channel = Channel::parse(&channel_label);
-        let action = Action::parse(&action_label);
+        let channel = Channel::parse(channel_label);
+        let action = Action::parse(action_label);
         Ok(Event {
             event_id,
             occurred_at,

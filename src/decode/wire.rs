@@ -19,7 +19,19 @@ const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
+#[inline]
 fn varint(buf: &mut &[u8]) -> Result<u64, Reject> {
+    // Tags and lengths are almost always one byte.
+    if let Some((&b, rest)) = buf.split_first() {
+        if b < 0x80 {
+            *buf = rest;
+            return Ok(u64::from(b));
+        }
+    }
+    varint_slow(buf)
+}
+
+fn varint_slow(buf: &mut &[u8]) -> Result<u64, Reject> {
     let mut v: u64 = 0;
     for i in 0..10 {
         let Some((&b, rest)) = buf.split_first() else {
@@ -38,6 +50,7 @@ fn varint(buf: &mut &[u8]) -> Result<u64, Reject> {
 }
 
 /// A field key: (field number, wire type).
+#[inline]
 fn key(buf: &mut &[u8]) -> Result<(u64, u8), Reject> {
     let k = varint(buf)?;
     let field = k >> 3;
@@ -47,6 +60,7 @@ fn key(buf: &mut &[u8]) -> Result<(u64, u8), Reject> {
     Ok((field, (k & 7) as u8))
 }
 
+#[inline]
 fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], Reject> {
     if n > buf.len() {
         return Err(bad(format!(
@@ -58,6 +72,7 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], Reject> {
     Ok(head)
 }
 
+#[inline]
 fn bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], Reject> {
     let n = varint(buf)?;
     take(
@@ -66,6 +81,7 @@ fn bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], Reject> {
     )
 }
 
+#[inline]
 fn string<'a>(buf: &mut &'a [u8], field: &str) -> Result<Cow<'a, str>, Reject> {
     let b = bytes(buf)?;
     std::str::from_utf8(b)

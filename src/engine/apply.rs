@@ -29,7 +29,7 @@ impl Engine {
         let journeys = &rules.catalog.journeys;
         p.last_seen = p.last_seen.max(t);
         for (label, sym) in [(&e.segment, &mut p.segment), (&e.tier, &mut p.tier)] {
-            if let Some(v) = label {
+            if let Some(v) = label.as_deref().filter(|v| symbols.name(*sym) != *v) {
                 match symbols.intern(v) {
                     Some(s) => *sym = s,
                     None => stats.symbol_overflow += 1,
@@ -40,7 +40,7 @@ impl Engine {
                          ty: AlertType,
                          subject: Subject<'_>,
                          at: Millis,
-                         evidence: Vec<String>,
+                         evidence: Vec<compact_str::CompactString>,
                          out: &mut Vec<Output>| {
             stats.alerts[ty as usize] += 1;
             out.push(Output::Alert(build_alert(
@@ -97,7 +97,7 @@ impl Engine {
                     .find(|(j, _)| *j == inst.journey)
                     .map(|x| x.1);
                 let mut ev = inst.evidence(None);
-                ev.push(e.event_id.to_string());
+                ev.push(e.event_id.clone());
                 let subject = Subject {
                     journey: Some((def, inst)),
                     step,
@@ -317,7 +317,7 @@ impl Engine {
                             AlertType::NegativeFeedback,
                             subject,
                             t,
-                            vec![e.event_id.to_string()],
+                            vec![e.event_id.clone()],
                             out,
                         );
                     }
@@ -359,7 +359,7 @@ impl Engine {
                         AlertType::NegativeFeedback,
                         subject,
                         t,
-                        vec![e.event_id.to_string()],
+                        vec![e.event_id.clone()],
                         out,
                     );
                 }

@@ -52,15 +52,7 @@ impl Rules {
     pub fn new(c: &Config) -> Rules {
         Rules {
             catalog: Catalog::new(&c.journeys),
-            identity: IdentityRules {
-                never_link: c
-                    .identity
-                    .never_link
-                    .iter()
-                    .map(|s| s.as_str().into())
-                    .collect(),
-                max_identifiers: c.identity.max_identifiers,
-            },
+            identity: IdentityRules::new(&c.identity.never_link, c.identity.max_identifiers),
             friction: FrictionRules::new(&c.friction),
             scorer: Scorer::new(&c.scoring),
             allowed_lateness: ms(c.engine.allowed_lateness),
@@ -227,9 +219,9 @@ impl Engine {
         Accepted
     }
 
-    /// Applies every buffered event that is at most `t` old... see [`Engine::flush`] and
-    /// [`Engine::drain`]; this moves the watermark to `w` (never backwards): buffered events
-    /// older than `w` are applied and timers due before `w` fire, all in time order.
+    /// Moves the watermark to `w` (never backwards): buffered events older than `w` are
+    /// applied and timers due before `w` fire, all in time order. The Kafka service calls this
+    /// when a partition goes quiet; see also [`Engine::flush`] and [`Engine::drain`].
     pub fn advance_to(&mut self, w: Millis, out: &mut Vec<Output>) {
         if w <= self.watermark {
             return;

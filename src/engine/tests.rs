@@ -286,7 +286,7 @@ fn channel_escalation_links_a_web_failure_to_a_call() {
         a[0].step, "",
         "the call's touchpoint is not a checkout step"
     );
-    assert_eq!(a[0].evidence.last().map(String::as_str), Some("call"));
+    assert_eq!(a[0].evidence.last().map(|e| e.as_str()), Some("call"));
 
     // Too late after the last activity: no escalation.
     let mut r = Run::new(CONFIG);
