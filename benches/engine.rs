@@ -15,6 +15,10 @@ use cxstream::event::Event;
 use cxstream::sim::{SimConfig, Simulator};
 use prost::Message;
 
+/// The allocator the binary ships with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: usize = 100_000;
 
 fn profiles() -> u64 {

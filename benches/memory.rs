@@ -5,9 +5,12 @@
 //! 1,000,000) each log in and open a checkout (3 events), then the heap is measured.
 //!
 //! Run: `cargo bench --bench memory`. Live heap bytes are counted by a wrapping global
-//! allocator; resident set size (RSS) growth is read from /proc for comparison.
+//! allocator around mimalloc (the binary's allocator); resident set size (RSS) growth is
+//! read from /proc for comparison.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc as System;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use cxstream::config::Config;
@@ -17,7 +20,7 @@ use cxstream::event::{Action, Channel, Event};
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: every call forwards unchanged to `System`, which upholds the GlobalAlloc contract.
+// SAFETY: every call forwards unchanged to mimalloc (the binary's allocator), which upholds the GlobalAlloc contract.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size(), Relaxed);

@@ -1,24 +1,24 @@
+//! Ad-hoc profiling aid (not a benchmark of record; see benches/): warms an engine with
+//! CUSTOMERS simulated customers, then times N pre-generated events, REPS times.
+//! `cargo run --release --example process_speed -- CUSTOMERS N REPS`
 use cxstream::config::Config;
 use cxstream::engine::Engine;
 use cxstream::sim::{SimConfig, Simulator};
 use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn arg(i: usize, default: u64) -> u64 {
+    std::env::args().nth(i).and_then(|a| a.parse().ok()).unwrap_or(default)
+}
+
 fn main() {
-    let customers: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(100_000);
-    let n: usize = std::env::args()
-        .nth(2)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(200_000);
-    let config = Config::from_toml(include_str!("../examples/cxstream.toml")).unwrap();
+    let (customers, n, reps) = (arg(1, 100_000), arg(2, 200_000) as usize, arg(3, 1));
+    let config = Config::from_toml(include_str!("../examples/cxstream.toml")).expect("example config");
+    let start = Instant::now();
     let mut engine = Engine::from_config(&config);
-    let mut sim = Simulator::new(SimConfig {
-        seed: 42,
-        customers,
-        disorder: 2000,
-        ..SimConfig::default()
-    });
+    let mut sim = Simulator::new(SimConfig { seed: 42, customers, disorder: 2000, ..SimConfig::default() });
     let mut out = Vec::new();
     while engine.profile_count() < customers as usize * 9 / 10 {
         for e in sim.by_ref().take(10_000) {
@@ -26,18 +26,22 @@ fn main() {
         }
         out.clear();
     }
-    let evs: Vec<_> = sim.take(n).collect();
-    let t = Instant::now();
-    let mut outs = 0;
-    for e in evs {
-        engine.ingest(e, &mut out);
-        outs += out.len();
-        out.clear();
+    let batches: Vec<Vec<_>> = (0..reps).map(|_| sim.by_ref().take(n).collect()).collect();
+    eprintln!("warm after {:?}", start.elapsed());
+    for batch in batches {
+        let t = Instant::now();
+        let mut outputs = 0;
+        for e in batch {
+            engine.ingest(e, &mut out);
+            outputs += out.len();
+            out.clear();
+        }
+        println!(
+            "{:.0} ns/event, {outputs} outputs, {} profiles, {} open journeys, {} timers",
+            t.elapsed().as_nanos() as f64 / n as f64,
+            engine.profile_count(),
+            engine.open_journeys(),
+            engine.scheduled_timers()
+        );
     }
-    println!(
-        "{:.0} ns/event, {outs} outputs, {} profiles, {} open",
-        t.elapsed().as_nanos() as f64 / n as f64,
-        engine.profile_count(),
-        engine.open_journeys()
-    );
 }

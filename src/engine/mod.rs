@@ -298,6 +298,17 @@ impl Engine {
         let mut keys = std::mem::take(&mut self.keys);
         let mut cands = std::mem::take(&mut self.slots);
         self.stats.guardrail_never_link += u64::from(self.rules.identity.keys(e, &mut keys));
+        // Fast path (almost every event): the first key's profile already holds all the
+        // event's keys, so there is nothing to link or merge. One index probe instead of one
+        // per key. (Keys are customer-first, so a customer key is always the one probed.)
+        if let Some(s) = keys.first().and_then(|k| self.index.get(k.hash)) {
+            let p = self.profile(s);
+            if keys[1..].iter().all(|k| p.keys.contains(&k.hash)) {
+                self.keys = keys;
+                self.slots = cands;
+                return s;
+            }
+        }
         cands.clear();
         let customer = keys
             .iter()
