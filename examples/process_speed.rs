@@ -10,15 +10,24 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn arg(i: usize, default: u64) -> u64 {
-    std::env::args().nth(i).and_then(|a| a.parse().ok()).unwrap_or(default)
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
     let (customers, n, reps) = (arg(1, 100_000), arg(2, 200_000) as usize, arg(3, 1));
-    let config = Config::from_toml(include_str!("../examples/cxstream.toml")).expect("example config");
+    let config =
+        Config::from_toml(include_str!("../examples/cxstream.toml")).expect("example config");
     let start = Instant::now();
     let mut engine = Engine::from_config(&config);
-    let mut sim = Simulator::new(SimConfig { seed: 42, customers, disorder: 2000, ..SimConfig::default() });
+    let mut sim = Simulator::new(SimConfig {
+        seed: 42,
+        customers,
+        disorder: 2000,
+        ..SimConfig::default()
+    });
     let mut out = Vec::new();
     while engine.profile_count() < customers as usize * 9 / 10 {
         for e in sim.by_ref().take(10_000) {
