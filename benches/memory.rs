@@ -52,25 +52,12 @@ fn rss_bytes() -> usize {
 }
 
 fn event(id: u64, t: i64, customer: u64, touchpoint: &'static str, action: Action) -> Event {
-    Event {
-        event_id: format!("e-{id:x}").into(),
-        occurred_at: t,
-        customer_id: Some(format!("c-{customer}").into()),
-        anonymous_id: Some(format!("a-{customer:x}-5f3e").into()),
-        identities: vec![],
-        channel: Channel::Web,
-        touchpoint: touchpoint.into(),
-        action,
-        outcome: None,
-        error_code: None,
-        survey: None,
-        value: None,
-        segment: Some("consumer".into()),
-        tier: Some("gold".into()),
-        element: None,
-        unknown_channel: false,
-        unknown_action: false,
-    }
+    let mut e = Event::new(&format!("e-{id:x}"), t, Channel::Web, touchpoint, action);
+    e.customer_id = Some(format!("c-{customer}").into());
+    e.anonymous_id = Some(format!("a-{customer:x}-5f3e").into());
+    e.segment = Some("consumer".into());
+    e.tier = Some("gold".into());
+    e
 }
 
 fn main() {

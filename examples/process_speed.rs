@@ -28,13 +28,9 @@ fn main() {
         disorder: 2000,
         ..SimConfig::default()
     });
+    // 90%: the simulator's last customers start their first session late.
+    cxstream::sim::warm(&mut engine, &mut sim, customers as usize * 9 / 10);
     let mut out = Vec::new();
-    while engine.profile_count() < customers as usize * 9 / 10 {
-        for e in sim.by_ref().take(10_000) {
-            engine.ingest(e, &mut out);
-        }
-        out.clear();
-    }
     let batches: Vec<Vec<_>> = (0..reps).map(|_| sim.by_ref().take(n).collect()).collect();
     eprintln!("warm after {:?}", start.elapsed());
     for batch in batches {

@@ -176,6 +176,36 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event with the required fields and nothing else: add at least one identifier
+    /// (`customer_id`, `anonymous_id` or `identities`) before giving it to the engine.
+    pub fn new(
+        event_id: &str,
+        occurred_at: Millis,
+        channel: Channel,
+        touchpoint: &str,
+        action: Action,
+    ) -> Event {
+        Event {
+            event_id: event_id.into(),
+            occurred_at,
+            customer_id: None,
+            anonymous_id: None,
+            identities: Vec::new(),
+            channel,
+            touchpoint: touchpoint.into(),
+            action,
+            outcome: None,
+            error_code: None,
+            survey: None,
+            value: None,
+            segment: None,
+            tier: None,
+            element: None,
+            unknown_channel: false,
+            unknown_action: false,
+        }
+    }
+
     /// True when this event counts as an error for `repeated_error`.
     pub fn is_error(&self) -> bool {
         self.action == Action::Error || self.outcome == Some(Outcome::Failure)

@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::alert::{stable_id, Alert, AlertType, Scorer};
 use crate::config::{FrictionSection, NegativeFeedback};
-use crate::event::{Millis, Survey, SurveyKind};
+use crate::event::{Event, Millis, Survey, SurveyKind};
 use crate::identity::Symbols;
 use crate::journey::{Instance, JourneyDef};
 use crate::profile::Profile;
@@ -150,6 +150,38 @@ pub struct Subject<'a> {
     pub touchpoint: &'a str,
     /// What makes the id unique beyond type and instance: the trigger event id, or a time.
     pub trigger: &'a str,
+}
+
+impl<'a> Subject<'a> {
+    /// Friction outside any journey, triggered by the event `e`.
+    pub fn outside(e: &'a Event) -> Self {
+        Subject {
+            journey: None,
+            step: None,
+            touchpoint: &e.touchpoint,
+            trigger: &e.event_id,
+        }
+    }
+
+    /// Friction on a journey instance, triggered by the event `e`.
+    pub fn on(def: &'a JourneyDef, inst: &'a Instance, step: Option<u8>, e: &'a Event) -> Self {
+        Subject {
+            journey: Some((def, inst)),
+            step,
+            touchpoint: &e.touchpoint,
+            trigger: &e.event_id,
+        }
+    }
+
+    /// A timer on a journey instance's step (drop-off, slow step), identified by its due time.
+    pub fn timer(def: &'a JourneyDef, inst: &'a Instance, step: u8, due: &'a str) -> Self {
+        Subject {
+            journey: Some((def, inst)),
+            step: Some(step),
+            touchpoint: &def.steps[usize::from(step)],
+            trigger: due,
+        }
+    }
 }
 
 /// Builds an alert: scores it and gives it a deterministic id.

@@ -482,6 +482,18 @@ impl Iterator for Simulator {
     }
 }
 
+/// Feeds the simulator into `engine` until the engine knows at least `profiles` profiles
+/// (benchmarks and profiling start from a warm, realistic state). Outputs are discarded.
+pub fn warm(engine: &mut crate::engine::Engine, sim: &mut Simulator, profiles: usize) {
+    let mut out = Vec::new();
+    while engine.profile_count() < profiles {
+        for e in sim.by_ref().take(10_000) {
+            engine.ingest(e, &mut out);
+        }
+        out.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,28 +97,22 @@ fn build(specs: &[Spec]) -> Vec<Event> {
         .map(|(i, s)| {
             t += Millis::from(s.gap_ms);
             let action = ACTIONS[s.action];
-            Event {
-                event_id: format!("e{i}").into(),
-                occurred_at: t,
-                customer_id: s.customer.map(|c| format!("c{c}").into()),
-                anonymous_id: Some(format!("a{}", s.who).into()),
-                identities: vec![],
-                channel: CHANNELS[s.channel],
-                touchpoint: TOUCHPOINTS[s.touchpoint].into(),
+            let mut e = Event::new(
+                &format!("e{i}"),
+                t,
+                CHANNELS[s.channel],
+                TOUCHPOINTS[s.touchpoint],
                 action,
-                outcome: s.failure.then_some(Outcome::Failure),
-                error_code: None,
-                survey: (action == Action::Survey).then(|| Survey {
-                    kind: SurveyKind::Nps,
-                    score: s.score.unwrap_or(3),
-                }),
-                value: None,
-                segment: None,
-                tier: None,
-                element: Some("btn".into()),
-                unknown_channel: false,
-                unknown_action: false,
-            }
+            );
+            e.customer_id = s.customer.map(|c| format!("c{c}").into());
+            e.anonymous_id = Some(format!("a{}", s.who).into());
+            e.outcome = s.failure.then_some(Outcome::Failure);
+            e.survey = (action == Action::Survey).then(|| Survey {
+                kind: SurveyKind::Nps,
+                score: s.score.unwrap_or(3),
+            });
+            e.element = Some("btn".into());
+            e
         })
         .collect()
 }

@@ -98,12 +98,7 @@ impl Engine {
                     .map(|x| x.1);
                 let mut ev = inst.evidence(None);
                 ev.push(e.event_id.clone());
-                let subject = Subject {
-                    journey: Some((def, inst)),
-                    step,
-                    touchpoint: &e.touchpoint,
-                    trigger: &e.event_id,
-                };
+                let subject = Subject::on(def, inst, step, &e);
                 alert(p, AlertType::ChannelEscalation, subject, t, ev, out);
             }
         }
@@ -155,12 +150,7 @@ impl Engine {
                     && inst.fire(AlertType::StepLoop)
                 {
                     let inst = &p.open[idx];
-                    let subject = Subject {
-                        journey: Some((def, inst)),
-                        step: Some(s),
-                        touchpoint: &e.touchpoint,
-                        trigger: &e.event_id,
-                    };
+                    let subject = Subject::on(def, inst, Some(s), &e);
                     alert(
                         p,
                         AlertType::StepLoop,
@@ -175,12 +165,7 @@ impl Engine {
                 let inst = &mut p.open[idx];
                 let hit = friction::count_window(&mut inst.extra().errors, t, &e.event_id, th);
                 if let Some(ev) = hit.filter(|_| inst.fire(AlertType::RepeatedError)) {
-                    let subject = Subject {
-                        journey: Some((def, &p.open[idx])),
-                        step: Some(s),
-                        touchpoint: &e.touchpoint,
-                        trigger: &e.event_id,
-                    };
+                    let subject = Subject::on(def, &p.open[idx], Some(s), &e);
                     alert(p, AlertType::RepeatedError, subject, t, ev, out);
                 }
             }
@@ -199,12 +184,7 @@ impl Engine {
                     fr.cooldown,
                 )
             }) {
-                let subject = Subject {
-                    journey: None,
-                    step: None,
-                    touchpoint: &e.touchpoint,
-                    trigger: &e.event_id,
-                };
+                let subject = Subject::outside(&e);
                 alert(p, AlertType::RepeatedError, subject, t, ev, out);
             }
         }
@@ -223,12 +203,7 @@ impl Engine {
                         t,
                         fr.cooldown,
                     ) {
-                        let subject = Subject {
-                            journey: None,
-                            step: None,
-                            touchpoint: &e.touchpoint,
-                            trigger: &e.event_id,
-                        };
+                        let subject = Subject::outside(&e);
                         alert(p, AlertType::RageClick, subject, t, ev, out);
                     }
                 } else {
@@ -236,12 +211,7 @@ impl Engine {
                         if p.open[idx].fire(AlertType::RageClick) {
                             let inst = &p.open[idx];
                             let def = &journeys[usize::from(inst.journey)];
-                            let subject = Subject {
-                                journey: Some((def, inst)),
-                                step: Some(s),
-                                touchpoint: &e.touchpoint,
-                                trigger: &e.event_id,
-                            };
+                            let subject = Subject::on(def, inst, Some(s), &e);
                             alert(p, AlertType::RageClick, subject, t, ev.clone(), out);
                         }
                     }
@@ -253,12 +223,7 @@ impl Engine {
         if let (Some(th), Action::Contact) = (fr.repeat_contact, e.action) {
             if let Some(ev) = friction::count_window(&mut p.extra().contacts, t, &e.event_id, th) {
                 p.extra().contacts.clear();
-                let subject = Subject {
-                    journey: None,
-                    step: None,
-                    touchpoint: &e.touchpoint,
-                    trigger: &e.event_id,
-                };
+                let subject = Subject::outside(&e);
                 alert(p, AlertType::RepeatContact, subject, t, ev, out);
             }
         }
@@ -306,12 +271,7 @@ impl Engine {
                             .iter()
                             .find(|(j, _)| *j == inst.journey)
                             .map(|x| x.1);
-                        let subject = Subject {
-                            journey: Some((def, inst)),
-                            step,
-                            touchpoint: &e.touchpoint,
-                            trigger: &e.event_id,
-                        };
+                        let subject = Subject::on(def, inst, step, &e);
                         alert(
                             p,
                             AlertType::NegativeFeedback,
@@ -348,12 +308,7 @@ impl Engine {
                         fr.cooldown,
                     ) =>
                 {
-                    let subject = Subject {
-                        journey: None,
-                        step: None,
-                        touchpoint: &e.touchpoint,
-                        trigger: &e.event_id,
-                    };
+                    let subject = Subject::outside(&e);
                     alert(
                         p,
                         AlertType::NegativeFeedback,

@@ -442,13 +442,13 @@ impl Engine {
             .get_mut(timer.slot as usize)
             .and_then(|p| p.as_mut())
         else {
-            return;
+            return; // the profile was merged away or expired: a stale timer
         };
         let Some(idx) = p.open.iter().position(|i| i.id == timer.instance) else {
-            return;
+            return; // the instance closed (or merged under another id)
         };
         let def = &rules.catalog.journeys[usize::from(p.open[idx].journey)];
-        if timer.kind == DROP_OFF {
+        let (ty, step) = if timer.kind == DROP_OFF {
             let deadline = p.open[idx].last + def.abandon_after;
             if deadline > timer.due {
                 timers.push(Timer {
@@ -457,26 +457,32 @@ impl Engine {
                 });
                 return;
             }
-            p.open[idx].fire(AlertType::DropOff);
+            (AlertType::DropOff, p.open[idx].furthest)
+        } else {
+            // slow_step: the step's SLA ran out and no later step was reached.
+            let step = timer.kind - 1;
+            if p.open[idx].furthest > step {
+                return;
+            }
+            (AlertType::SlowStep, step)
+        };
+        if p.open[idx].fire(ty) {
             let inst = &p.open[idx];
-            let step = inst.furthest;
             let due = timer.due.to_string();
-            let subject = Subject {
-                journey: Some((def, inst)),
-                step: Some(step),
-                touchpoint: &def.steps[usize::from(step)],
-                trigger: &due,
-            };
-            stats.alerts[AlertType::DropOff as usize] += 1;
-            out.push(Output::Alert(build_alert(
+            let evidence = inst.evidence((ty == AlertType::SlowStep).then_some(step));
+            let alert = build_alert(
                 &rules.scorer,
                 symbols,
                 p,
-                AlertType::DropOff,
-                subject,
+                ty,
+                Subject::timer(def, inst, step, &due),
                 timer.due,
-                inst.evidence(None),
-            )));
+                evidence,
+            );
+            stats.alerts[ty as usize] += 1;
+            out.push(Output::Alert(alert));
+        }
+        if ty == AlertType::DropOff {
             close(
                 p,
                 idx,
@@ -487,29 +493,6 @@ impl Engine {
                 timer.due,
                 out,
             );
-        } else {
-            let step = timer.kind - 1;
-            let inst = &mut p.open[idx];
-            if inst.furthest <= step && inst.fire(AlertType::SlowStep) {
-                let inst = &p.open[idx];
-                let due = timer.due.to_string();
-                let subject = Subject {
-                    journey: Some((def, inst)),
-                    step: Some(step),
-                    touchpoint: &def.steps[usize::from(step)],
-                    trigger: &due,
-                };
-                stats.alerts[AlertType::SlowStep as usize] += 1;
-                out.push(Output::Alert(build_alert(
-                    &rules.scorer,
-                    symbols,
-                    p,
-                    AlertType::SlowStep,
-                    subject,
-                    timer.due,
-                    inst.evidence(Some(step)),
-                )));
-            }
         }
     }
 
