@@ -91,6 +91,14 @@ impl Catalog {
         c
     }
 
+    /// The step `touchpoint` is in `journey`, if it is one of its steps.
+    pub fn step_of(&self, journey: u16, touchpoint: &str) -> Option<u8> {
+        self.steps_for(touchpoint)
+            .iter()
+            .find(|(j, _)| *j == journey)
+            .map(|(_, s)| *s)
+    }
+
     /// The (journey, step) pairs a touchpoint is, in journey order.
     pub fn steps_for(&self, touchpoint: &str) -> &[(u16, u8)] {
         self.by_touchpoint

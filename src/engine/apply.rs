@@ -90,12 +90,7 @@ impl Engine {
                     &p.open[k]
                 };
                 let def = &journeys[usize::from(inst.journey)];
-                let step = rules
-                    .catalog
-                    .steps_for(&e.touchpoint)
-                    .iter()
-                    .find(|(j, _)| *j == inst.journey)
-                    .map(|x| x.1);
+                let step = rules.catalog.step_of(inst.journey, &e.touchpoint);
                 let mut ev = inst.evidence(None);
                 ev.push(e.event_id.clone());
                 let subject = Subject::on(def, inst, step, &e);
@@ -265,12 +260,7 @@ impl Engine {
                     };
                     let def = &journeys[usize::from(inst.journey)];
                     if fire {
-                        let step = rules
-                            .catalog
-                            .steps_for(&e.touchpoint)
-                            .iter()
-                            .find(|(j, _)| *j == inst.journey)
-                            .map(|x| x.1);
+                        let step = rules.catalog.step_of(inst.journey, &e.touchpoint);
                         let subject = Subject::on(def, inst, step, &e);
                         alert(
                             p,

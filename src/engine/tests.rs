@@ -34,25 +34,15 @@ pub(crate) fn ev(
     touchpoint: &str,
     action: Action,
 ) -> Event {
-    Event {
-        event_id: id.into(),
-        occurred_at: T0 + (secs * 1000.0) as Millis,
-        customer_id: None,
-        anonymous_id: Some(who.into()),
-        identities: vec![],
+    let mut e = Event::new(
+        id,
+        T0 + (secs * 1000.0) as Millis,
         channel,
-        touchpoint: touchpoint.into(),
+        touchpoint,
         action,
-        outcome: None,
-        error_code: None,
-        survey: None,
-        value: None,
-        segment: None,
-        tier: None,
-        element: None,
-        unknown_channel: false,
-        unknown_action: false,
-    }
+    );
+    e.anonymous_id = Some(who.into());
+    e
 }
 
 fn web(id: &str, secs: f64, who: &str, tp: &str) -> Event {
