@@ -146,11 +146,13 @@ pub fn stable_id(parts: &[&[u8]]) -> CompactString {
 /// The low `digits` hex digits of `v`, zero-padded (ids are on the hot path: no formatter).
 pub fn hex(v: u128, digits: usize) -> CompactString {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = CompactString::with_capacity(digits);
-    for i in (0..digits).rev() {
-        s.push(char::from(DIGITS[((v >> (4 * i)) & 0xf) as usize]));
+    let digits = digits.min(32);
+    let mut buf = [0u8; 32];
+    for (i, b) in buf[..digits].iter_mut().enumerate() {
+        *b = DIGITS[((v >> (4 * (digits - 1 - i))) & 0xf) as usize];
     }
-    s
+    // Only ASCII hex digits were written.
+    CompactString::from_utf8(&buf[..digits]).unwrap_or_default()
 }
 
 mod rfc3339 {
