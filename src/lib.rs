@@ -3,8 +3,8 @@
 //! Data flows through the modules in this order:
 //!
 //! - [`decode`]: bytes (JSON or protobuf) to a validated [`event::Event`], or a precise reject.
-//! - [`engine`]: the pure core. Buffers events until the watermark passes them, then applies
-//!   them in event-time order:
+//! - [`engine`]: the pure core. Drops duplicates ([`dedup`]), buffers events until the
+//!   watermark passes them, then applies them in event-time order:
 //!   - [`identity`] stitches identifiers into [`profile`]s;
 //!   - [`journey`] opens, advances, completes and abandons journey instances;
 //!   - [`friction`] detectors and drop-off / slow-step timers produce [`alert`]s.
@@ -12,6 +12,7 @@
 //! - [`config`]: the TOML configuration tree and its validation.
 //! - [`replay`]: runs the engine over recorded files (backtesting).
 //! - [`sim`]: a deterministic generator of realistic omnichannel traffic.
+//! - [`cli`]: the command line (`main.rs` only parses and dispatches).
 //!
 //! The engine reads no clock and does no I/O: time is always an argument.
 
