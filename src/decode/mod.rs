@@ -440,7 +440,8 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, Reject> {
 
 // ---------------------------------------------------------------- protobuf
 
-/// Decodes one binary protobuf `cx.v1.InteractionEvent` (zero-copy, see [`wire`]).
+/// Decodes one binary protobuf `cx.v1.InteractionEvent`, zero-copy: strings are borrowed
+/// from `bytes` (our own wire reader, checked against prost by a property test).
 pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, Reject> {
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(Reject::new(
