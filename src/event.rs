@@ -8,6 +8,11 @@ use compact_str::CompactString;
 /// Event time in milliseconds since the Unix epoch. All engine time is event time.
 pub type Millis = i64;
 
+/// A configured duration as milliseconds (saturating far beyond any sensible window).
+pub fn millis(d: std::time::Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX / 4)
+}
+
 /// Formats event time as RFC 3339 with millisecond precision (`2026-11-22T10:00:03.120Z`).
 pub fn format_millis(ms: Millis) -> String {
     match chrono::DateTime::from_timestamp_millis(ms) {

@@ -9,14 +9,10 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::alert::{stable_id, Alert, AlertType, Scorer};
 use crate::config::{FrictionSection, NegativeFeedback};
-use crate::event::{Event, Millis, Survey, SurveyKind};
+use crate::event::{millis, Event, Millis, Survey, SurveyKind};
 use crate::identity::Symbols;
 use crate::journey::{Instance, JourneyDef};
 use crate::profile::Profile;
-
-fn ms(d: std::time::Duration) -> Millis {
-    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX / 4)
-}
 
 /// A count-within-window threshold in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +39,7 @@ impl FrictionRules {
         let th = |c: crate::config::CountWithin| {
             c.enabled.then_some(Threshold {
                 count: c.count as usize,
-                within: ms(c.within),
+                within: millis(c.within),
             })
         };
         FrictionRules {
@@ -55,12 +51,12 @@ impl FrictionRules {
             channel_escalation: f
                 .channel_escalation
                 .enabled
-                .then(|| ms(f.channel_escalation.within)),
+                .then(|| millis(f.channel_escalation.within)),
             repeat_contact: th(f.repeat_contact),
             slow_step: f.slow_step.enabled,
             negative_feedback: f.negative_feedback.enabled.then_some(f.negative_feedback),
             rage_click: th(f.rage_click),
-            cooldown: ms(f.outside_journey_cooldown),
+            cooldown: millis(f.outside_journey_cooldown),
         }
     }
 

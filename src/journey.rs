@@ -9,7 +9,7 @@ use hashbrown::HashMap;
 
 use crate::alert::{AlertType, JourneyOutcome, JourneySummary, StepTiming, SurveyScore};
 use crate::config::JourneySpec;
-use crate::event::{Channel, ChannelSet, Millis, Survey};
+use crate::event::{millis, Channel, ChannelSet, Millis, Survey};
 
 /// How many recent activity event ids an instance keeps as evidence.
 pub const RECENT_EVENTS: usize = 3;
@@ -40,10 +40,6 @@ impl JourneyDef {
     }
 }
 
-fn ms(d: std::time::Duration) -> Millis {
-    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX / 4)
-}
-
 /// All journeys plus an index from touchpoint to the (journey, step) pairs it is.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -68,11 +64,11 @@ impl Catalog {
                 name: s.name.as_str().into(),
                 steps: s.steps.iter().map(|x| x.as_str().into()).collect(),
                 entry_mask,
-                abandon_after: ms(s.abandon_after),
+                abandon_after: millis(s.abandon_after),
                 sla: s
                     .steps
                     .iter()
-                    .map(|st| s.step_sla.get(st).map(|d| ms(*d)))
+                    .map(|st| s.step_sla.get(st).map(|d| millis(*d)))
                     .collect(),
                 weight: s
                     .steps

@@ -26,9 +26,7 @@ pub const MAX_ATTRIBUTES: usize = 64;
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 /// The wire format of an input message.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     Json,

@@ -15,13 +15,12 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use compact_str::CompactString;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::alert::{AlertType, JourneyOutcome, Output, Scorer};
 use crate::config::Config;
 use crate::dedup::Dedup;
-use crate::event::{Event, Millis};
+use crate::event::{millis, Event, Millis};
 use crate::friction::{build_alert, FrictionRules, Subject};
 use crate::identity::{IdentityIndex, IdentityRules, Key, KeyKind, Symbols};
 use crate::journey::{Activity, Catalog};
@@ -43,10 +42,6 @@ pub struct Rules {
     pub survey_attribution: Millis,
 }
 
-fn ms(d: std::time::Duration) -> Millis {
-    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX / 4)
-}
-
 impl Rules {
     /// Compiles a validated configuration.
     pub fn new(c: &Config) -> Rules {
@@ -55,10 +50,10 @@ impl Rules {
             identity: IdentityRules::new(&c.identity.never_link, c.identity.max_identifiers),
             friction: FrictionRules::new(&c.friction),
             scorer: Scorer::new(&c.scoring),
-            allowed_lateness: ms(c.engine.allowed_lateness),
-            dedup_window: ms(c.engine.dedup_window),
-            profile_ttl: ms(c.engine.profile_ttl),
-            survey_attribution: ms(c.engine.survey_attribution),
+            allowed_lateness: millis(c.engine.allowed_lateness),
+            dedup_window: millis(c.engine.dedup_window),
+            profile_ttl: millis(c.engine.profile_ttl),
+            survey_attribution: millis(c.engine.survey_attribution),
         }
     }
 }
@@ -216,7 +211,7 @@ impl Engine {
             self.max_seen = t;
             self.advance_to(t.saturating_sub(self.rules.allowed_lateness), out);
         }
-        Accepted
+        Ingest::Accepted
     }
 
     /// Moves the watermark to `w` (never backwards): buffered events older than `w` are
@@ -524,8 +519,6 @@ impl Engine {
     }
 }
 
-use Ingest::Accepted;
-
 #[allow(clippy::too_many_arguments)]
 fn close(
     p: &mut Profile,
@@ -550,11 +543,6 @@ fn close(
     )));
     stats.journeys_closed[outcome as usize] += 1;
     p.close(idx, outcome, ended);
-}
-
-#[allow(dead_code)]
-fn _assert_compact_string_is_small() {
-    let _: [(); 24] = [(); std::mem::size_of::<CompactString>()];
 }
 
 mod apply;
