@@ -8,11 +8,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use cxstream::config::Config;
 use cxstream::decode::{decode_json, decode_protobuf, to_json, to_proto};
-use cxstream::engine::Engine;
 use cxstream::event::Event;
-use cxstream::sim::{SimConfig, Simulator};
+use cxstream::sim::Simulator;
 use prost::Message;
 
 /// The allocator the binary ships with.
@@ -26,22 +24,6 @@ fn profiles() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000)
-}
-
-/// An engine that has seen every customer at least once, and the simulator to continue from.
-fn warm(customers: u64) -> (Engine, Simulator) {
-    let config =
-        Config::from_toml(include_str!("../examples/cxstream.toml")).expect("example config");
-    let mut engine = Engine::from_config(&config);
-    let mut sim = Simulator::new(SimConfig {
-        seed: 42,
-        customers,
-        disorder: 2000,
-        ..SimConfig::default()
-    });
-    // 90%: the simulator's last customers start their first session late.
-    cxstream::sim::warm(&mut engine, &mut sim, customers as usize * 9 / 10);
-    (engine, sim)
 }
 
 fn encode_batch(sim: &mut Simulator, json: bool) -> Vec<Vec<u8>> {
@@ -71,7 +53,7 @@ fn decode_all(batch: &[Vec<u8>], json: bool) -> Vec<Event> {
 
 fn bench(c: &mut Criterion) {
     let n = profiles();
-    let (mut engine, mut sim) = warm(n);
+    let (mut engine, mut sim) = cxstream::sim::warmed(n);
     let mut g = c.benchmark_group(format!("engine/{n}_profiles"));
     g.throughput(Throughput::Elements(BATCH as u64));
     g.sample_size(10);

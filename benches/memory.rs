@@ -65,8 +65,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let config =
-        Config::from_toml(include_str!("../examples/cxstream.toml")).expect("example config");
+    let config = Config::example();
     let (heap0, rss0) = (LIVE.load(Relaxed), rss_bytes());
     let mut engine = Engine::from_config(&config);
     let mut out = Vec::new();

@@ -1,9 +1,6 @@
 //! Ad-hoc profiling aid (not a benchmark of record; see benches/): warms an engine with
 //! CUSTOMERS simulated customers, then times N pre-generated events, REPS times.
 //! `cargo run --release --example process_speed -- CUSTOMERS N REPS`
-use cxstream::config::Config;
-use cxstream::engine::Engine;
-use cxstream::sim::{SimConfig, Simulator};
 use std::time::Instant;
 
 #[global_allocator]
@@ -18,18 +15,8 @@ fn arg(i: usize, default: u64) -> u64 {
 
 fn main() {
     let (customers, n, reps) = (arg(1, 100_000), arg(2, 200_000) as usize, arg(3, 1));
-    let config =
-        Config::from_toml(include_str!("../examples/cxstream.toml")).expect("example config");
     let start = Instant::now();
-    let mut engine = Engine::from_config(&config);
-    let mut sim = Simulator::new(SimConfig {
-        seed: 42,
-        customers,
-        disorder: 2000,
-        ..SimConfig::default()
-    });
-    // 90%: the simulator's last customers start their first session late.
-    cxstream::sim::warm(&mut engine, &mut sim, customers as usize * 9 / 10);
+    let (mut engine, mut sim) = cxstream::sim::warmed(customers);
     let mut out = Vec::new();
     let batches: Vec<Vec<_>> = (0..reps).map(|_| sim.by_ref().take(n).collect()).collect();
     eprintln!("warm after {:?}", start.elapsed());

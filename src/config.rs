@@ -392,7 +392,16 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// The example configuration shipped in `examples/cxstream.toml` (checkout, delivery and
+/// support journeys): what the simulator's traffic is written for.
+pub const EXAMPLE_TOML: &str = include_str!("../examples/cxstream.toml");
+
 impl Config {
+    /// The parsed [`EXAMPLE_TOML`].
+    pub fn example() -> Config {
+        Config::from_toml(EXAMPLE_TOML).expect("the shipped example config is valid (tested)")
+    }
+
     /// Parses and validates a TOML configuration.
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
         let fail = |errors| ConfigErrors {
@@ -673,6 +682,14 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_config_is_valid() {
+        assert_eq!(
+            Config::from_toml(EXAMPLE_TOML).map(|c| c.journeys.len()),
+            Ok(3)
+        );
+    }
 
     #[test]
     fn defaults_apply_to_an_empty_file() {

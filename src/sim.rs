@@ -482,16 +482,25 @@ impl Iterator for Simulator {
     }
 }
 
-/// Feeds the simulator into `engine` until the engine knows at least `profiles` profiles
-/// (benchmarks and profiling start from a warm, realistic state). Outputs are discarded.
-pub fn warm(engine: &mut crate::engine::Engine, sim: &mut Simulator, profiles: usize) {
+/// An engine on the example config that has seen 90% of `customers` (the simulator's last
+/// customers start their first session late), and the simulator to continue from: the warm,
+/// realistic state benchmarks and profiling start from. Outputs are discarded.
+pub fn warmed(customers: u64) -> (crate::engine::Engine, Simulator) {
+    let mut engine = crate::engine::Engine::from_config(&crate::config::Config::example());
+    let mut sim = Simulator::new(SimConfig {
+        seed: 42,
+        customers,
+        disorder: 2000,
+        ..SimConfig::default()
+    });
     let mut out = Vec::new();
-    while engine.profile_count() < profiles {
+    while engine.profile_count() < customers as usize * 9 / 10 {
         for e in sim.by_ref().take(10_000) {
             engine.ingest(e, &mut out);
         }
         out.clear();
     }
+    (engine, sim)
 }
 
 #[cfg(test)]
