@@ -9,10 +9,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use prost::Message;
 
-use crate::config::Config;
+use crate::config::{Config, OutputFormat};
 use crate::decode::{to_json, to_proto, Format};
+use crate::demo::Demo;
 use crate::engine::Engine;
+use crate::loadgen::{produce, Load};
 use crate::replay::{replay, Sinks};
+use crate::service::{producer_config, Service};
 use crate::sim::{SimConfig, Simulator};
 
 #[derive(Debug, Parser)]
@@ -24,6 +27,28 @@ use crate::sim::{SimConfig, Simulator};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=cxstream=debug).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Structured logs on stderr (librdkafka's own log lines included), `RUST_LOG` filtering.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,8 +60,41 @@ pub enum Command {
         /// The configuration file (TOML).
         file: PathBuf,
     },
-    /// Generate realistic omnichannel traffic for the example journeys.
+    /// Generate realistic omnichannel traffic for the example journeys, to a file or a topic.
     Simulate(SimulateArgs),
+    /// The service: consume interaction events from Kafka, produce alerts and journey summaries.
+    Run(RunArgs),
+    /// The whole pipeline on this machine: an in-process Kafka (unless --brokers), simulated
+    /// traffic, the service, and each alert printed as it arrives.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file (TOML). Any key can be overridden by a CXSTREAM__ environment
+    /// variable, e.g. CXSTREAM__KAFKA__BROKERS=host:9092.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Use these brokers instead of an in-process mock cluster (topics must exist).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Configuration (default: the example journeys, examples/cxstream.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Simulated events per second.
+    #[arg(long, default_value_t = 500)]
+    pub rate: u32,
+    #[arg(long, default_value_t = 2_000)]
+    pub customers: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,13 +136,26 @@ pub struct ReplayArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("sink").required(true).args(["output", "brokers"])))]
 pub struct SimulateArgs {
     /// Write events to this file ("-" for stdout).
     #[arg(long)]
-    pub output: PathBuf,
-    /// How many events to write.
-    #[arg(long, default_value_t = 10_000)]
-    pub events: u64,
+    pub output: Option<PathBuf>,
+    /// Produce to Kafka at these brokers instead (keyed by person).
+    #[arg(long, requires = "topic")]
+    pub brokers: Option<String>,
+    /// The topic to produce to (with --brokers).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Events per second (with --brokers; default: as fast as the broker takes them).
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// Stop after this long (with --brokers).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// How many events (default: 10000 to a file, unlimited to Kafka).
+    #[arg(long)]
+    pub events: Option<u64>,
     /// How many distinct customers.
     #[arg(long, default_value_t = 1_000)]
     pub customers: u64,
@@ -180,9 +251,15 @@ pub fn run_simulate(a: &SimulateArgs) -> anyhow::Result<i32> {
         disorder: a.disorder.as_millis() as i64,
         ..SimConfig::default()
     };
-    let mut out = create(&a.output)?;
+    if let (Some(brokers), Some(topic)) = (&a.brokers, &a.topic) {
+        return simulate_to_kafka(a, cfg, brokers, topic);
+    }
+    let Some(output) = &a.output else {
+        anyhow::bail!("give --output FILE or --brokers B --topic T");
+    };
+    let mut out = create(output)?;
     let mut buf = Vec::new();
-    for e in Simulator::new(cfg).take(a.events as usize) {
+    for e in Simulator::new(cfg).take(a.events.unwrap_or(10_000) as usize) {
         match a.format {
             FileFormat::Json => {
                 serde_json::to_writer(&mut out, &to_json(&e))?;
@@ -197,4 +274,92 @@ pub fn run_simulate(a: &SimulateArgs) -> anyhow::Result<i32> {
     }
     out.flush()?;
     Ok(0)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn simulate_to_kafka(
+    a: &SimulateArgs,
+    cfg: SimConfig,
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<i32> {
+    let mut config = Config::default();
+    config.kafka.brokers = brokers.to_string();
+    let format = match a.format {
+        FileFormat::Json => OutputFormat::Json,
+        FileFormat::Protobuf => OutputFormat::Protobuf,
+    };
+    let load = Load {
+        rate: a.rate,
+        events: a.events,
+        duration: a.duration,
+        format,
+    };
+    let sim = Simulator::new(SimConfig {
+        start: crate::loadgen::wall_clock_millis(),
+        ..cfg
+    });
+    runtime()?.block_on(async {
+        let producer = producer_config(&config).create()?;
+        let n = produce(&producer, topic, sim, load, shutdown_signal()).await?;
+        eprintln!("simulate: {n} events produced to {topic}");
+        Ok(0)
+    })
+}
+
+/// `cxstream run`: the service, until SIGTERM/SIGINT. 0 after a clean stop.
+pub fn run_service(a: &RunArgs) -> anyhow::Result<i32> {
+    let config = Config::load(&a.config)?;
+    runtime()?.block_on(async {
+        let service = Service::start(&config)?;
+        let report = service.run_until(shutdown_signal()).await;
+        Ok(if report.clean { 0 } else { 1 })
+    })
+}
+
+/// `cxstream demo`.
+pub fn run_demo(a: &DemoArgs) -> anyhow::Result<i32> {
+    let mut config = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::from_toml_and_env(crate::config::EXAMPLE_TOML)?,
+    };
+    if a.brokers.is_none() {
+        config.kafka.group_id = "cxstream-demo".into();
+    }
+    let demo = Demo {
+        config,
+        brokers: a.brokers.clone(),
+        rate: a.rate.max(1),
+        customers: a.customers,
+        seed: a.seed,
+        duration: a.duration,
+        input_partitions: 4,
+    };
+    runtime()?.block_on(async {
+        crate::demo::run(demo, shutdown_signal()).await?;
+        Ok(0)
+    })
 }

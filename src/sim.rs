@@ -482,6 +482,28 @@ impl Iterator for Simulator {
     }
 }
 
+/// The partitioning key of a simulated event: its person (`c-N`), whichever identifiers the
+/// event carries, as producers must key events so that one person's events share a partition.
+pub fn person_key(e: &Event) -> CompactString {
+    if let Some(c) = &e.customer_id {
+        return c.clone();
+    }
+    // Anonymous and device ids embed the customer number in hex: `a-{c:x}-…`, `d-{c:x}-…`.
+    let id = e
+        .anonymous_id
+        .as_deref()
+        .or_else(|| e.identities.first().map(|(_, v)| v.as_str()))
+        .unwrap_or_default();
+    let hex = id
+        .get(2..)
+        .and_then(|r| r.split('-').next())
+        .unwrap_or_default();
+    match u64::from_str_radix(hex, 16) {
+        Ok(c) => format_compact!("c-{c}"),
+        Err(_) => CompactString::from(id),
+    }
+}
+
 /// An engine on the example config that has seen 90% of `customers` (the simulator's last
 /// customers start their first session late), and the simulator to continue from: the warm,
 /// realistic state benchmarks and profiling start from. Outputs are discarded.
@@ -506,6 +528,25 @@ pub fn warmed(customers: u64) -> (crate::engine::Engine, Simulator) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_of_a_person_has_the_same_key() {
+        let mut keys = std::collections::HashMap::new();
+        for e in Simulator::new(SimConfig::default()).take(5_000) {
+            let k = person_key(&e);
+            if let Some(c) = &e.customer_id {
+                assert_eq!(&k, c);
+            }
+            for id in e
+                .anonymous_id
+                .iter()
+                .chain(e.identities.iter().map(|(_, v)| v))
+            {
+                assert_eq!(keys.entry(id.clone()).or_insert_with(|| k.clone()), &k);
+            }
+        }
+        assert!(keys.len() > 100);
+    }
 
     #[test]
     fn same_seed_same_events_and_time_order() {

@@ -13,6 +13,16 @@ use serde::Deserialize;
 
 use crate::alert::AlertType;
 
+mod service;
+pub use service::{
+    ClientProps, InputSection, KafkaSection, OutputFormat, OutputSection, ServiceSection,
+    TopicsSection,
+};
+
+/// Environment variables starting with this override config keys, `__` separating the
+/// levels: `CXSTREAM__KAFKA__BROKERS=host:9092` sets `kafka.brokers`.
+pub const ENV_PREFIX: &str = "CXSTREAM__";
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +37,17 @@ pub struct Config {
     pub friction: FrictionSection,
     #[serde(default)]
     pub scoring: ScoringSection,
+    /// The Kafka service (`cxstream run`): brokers, group and client settings.
+    #[serde(default)]
+    pub kafka: KafkaSection,
+    #[serde(default)]
+    pub topics: TopicsSection,
+    #[serde(default)]
+    pub input: InputSection,
+    #[serde(default)]
+    pub output: OutputSection,
+    #[serde(default)]
+    pub service: ServiceSection,
 }
 
 /// Event-time handling and state retention.
@@ -47,6 +68,10 @@ pub struct EngineSection {
     /// A survey answer with no open journey attaches to a journey closed at most this long ago.
     #[serde(with = "humantime_serde")]
     pub survey_attribution: Duration,
+    /// Kafka service: when a partition has had no event for this long (wall clock), its
+    /// watermark moves on with the wall clock, so drop-offs still fire when traffic stops.
+    #[serde(with = "humantime_serde")]
+    pub idle_advance: Duration,
 }
 
 impl Default for EngineSection {
@@ -56,6 +81,7 @@ impl Default for EngineSection {
             dedup_window: Duration::from_secs(600),
             profile_ttl: Duration::from_secs(7 * 86_400),
             survey_attribution: Duration::from_secs(7 * 86_400),
+            idle_advance: Duration::from_secs(10),
         }
     }
 }
@@ -394,7 +420,7 @@ impl fmt::Display for ConfigErrors {
 
 /// The example configuration shipped in `examples/cxstream.toml` (checkout, delivery and
 /// support journeys): what the simulator's traffic is written for.
-pub const EXAMPLE_TOML: &str = include_str!("../examples/cxstream.toml");
+pub const EXAMPLE_TOML: &str = include_str!("../../examples/cxstream.toml");
 
 impl Config {
     /// The parsed [`EXAMPLE_TOML`].
@@ -427,7 +453,8 @@ impl Config {
         }
     }
 
-    /// Reads, parses and validates a configuration file.
+    /// Reads, parses and validates a configuration file, with overrides from the
+    /// environment (see [`ENV_PREFIX`]).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
@@ -437,10 +464,55 @@ impl Config {
                 message: format!("cannot read: {e}"),
             }],
         })?;
-        Config::from_toml(&text).map_err(|mut e| {
+        Config::from_toml_and_env(&text).map_err(|mut e| {
             e.source_name = name;
             e
         })
+    }
+
+    /// Parses `text`, applies the `CXSTREAM__*` environment overrides and validates. Without
+    /// overrides this is [`Config::from_toml`] (whose errors carry line numbers).
+    pub fn from_toml_and_env(text: &str) -> Result<Config, ConfigErrors> {
+        use figment::providers::{Env, Serialized};
+        let env = Env::prefixed(ENV_PREFIX).split("__");
+        if env.iter().next().is_none() {
+            return Config::from_toml(text);
+        }
+        let fail = |errors| ConfigErrors {
+            source_name: String::new(),
+            errors,
+        };
+        // Syntax first (with line numbers), then the merged tree.
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            fail(vec![ConfigError {
+                path: String::new(),
+                message: e.to_string(),
+            }])
+        })?;
+        let config: Config = figment::Figment::from(Serialized::defaults(table))
+            .merge(env)
+            .extract()
+            .map_err(|e| {
+                fail(
+                    e.into_iter()
+                        .map(|e| ConfigError {
+                            path: e.path.join("."),
+                            message: match e.metadata.as_ref() {
+                                Some(m) if m.name.contains("environment") => {
+                                    format!("{} (from the {ENV_PREFIX}* environment)", e.kind)
+                                }
+                                _ => e.kind.to_string(),
+                            },
+                        })
+                        .collect(),
+                )
+            })?;
+        let errors = config.validate();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(errors))
+        }
     }
 
     /// Cross-field checks. Returns every problem, not just the first.
@@ -675,6 +747,7 @@ impl Config {
         if self.journeys.len() > usize::from(u16::MAX) {
             err("journeys".into(), "too many journeys".into());
         }
+        service::validate(self, &mut err);
         errs
     }
 }
@@ -780,5 +853,44 @@ type_weight = { bogus = 1.0 }
         assert!(e.to_string().contains("allowed_latenes"), "{e}");
         let e = Config::from_toml("[engine]\n\ndedup_window = \"ten minutes\"\n").unwrap_err();
         assert!(e.to_string().contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn service_sections_have_defaults_and_pass_client_settings_through() {
+        let c = Config::from_toml(
+            "[kafka]\nbrokers = \"b:9092\"\n[kafka.common]\n\"security.protocol\" = \"ssl\"\n\
+             [kafka.producer]\nlinger.ms = 5\n\"enable.idempotence\" = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "b:9092");
+        assert_eq!(c.kafka.group_id, "cxstream");
+        assert_eq!(c.kafka.common.0["security.protocol"], "ssl");
+        // An unquoted dotted key is a TOML table: joined back into the librdkafka name.
+        assert_eq!(c.kafka.producer.0["linger.ms"], "5");
+        assert_eq!(c.kafka.producer.0["enable.idempotence"], "true");
+        assert_eq!(c.topics.input, ["cx.interactions"]);
+        assert_eq!(c.topics.dead_letter, "cx.dead-letter");
+        assert_eq!(c.input.format, crate::decode::Format::Auto);
+        assert_eq!(c.output.format, OutputFormat::Json);
+        assert_eq!(c.engine.idle_advance, Duration::from_secs(10));
+        assert_eq!(c.service.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn service_settings_that_would_break_delivery_are_refused() {
+        let e = Config::from_toml(
+            "[kafka.consumer]\n\"enable.auto.offset.store\" = true\n\
+             [topics]\ninput = [\"cx.alerts\", \"bad topic\"]\n[service]\nshutdown_timeout = \"0s\"\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for needle in [
+            "kafka.consumer.\"enable.auto.offset.store\": is set by cxstream",
+            "topics.alerts: \"cx.alerts\" is also an input topic",
+            "topics.input[1]: \"bad topic\" is not a valid topic name",
+            "service.shutdown_timeout: must be greater than zero",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 }

@@ -1,0 +1,342 @@
+//! The consumer thread: polls the group's partitions, hands each message to its partition's
+//! shard, follows rebalances (a shard per assigned partition; on revoke the shard is flushed,
+//! its offset committed, and dropped) and stores the offsets shards report as done.
+//!
+//! It runs on its own OS thread, so rebalance callbacks may block while shards finish without
+//! stalling the async runtime the shards run on.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::{ClientContext, Offset};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::shard::{Shard, ShardEnv, ShardExit, ShardMsg};
+use crate::telemetry;
+
+/// What the service tells its owner (tests, the demo, readiness) about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Partitions currently owned, as (topic, partition).
+    pub assigned: Vec<(String, i32)>,
+}
+
+type StopReply = std::sync::mpsc::SyncSender<ShardExit>;
+
+/// The consumer thread's handle on one shard.
+struct ShardHandle {
+    tx: mpsc::Sender<ShardMsg>,
+    stop: oneshot::Sender<StopReply>,
+    /// Messages polled while the shard's queue was full (the partition is paused meanwhile).
+    stash: VecDeque<ShardMsg>,
+    paused: bool,
+    /// Next offset to hand over: anything below it was handed over already.
+    next: i64,
+    progress: Arc<AtomicI64>,
+    stored: i64,
+}
+
+type Shards = HashMap<(Arc<str>, i32), ShardHandle>;
+
+/// State shared by the poll loop and the rebalance callbacks (both run on the consumer
+/// thread: the lock is never contended, it only satisfies `Sync`).
+pub(crate) struct Ctx {
+    runtime: tokio::runtime::Handle,
+    env: Arc<ShardEnv>,
+    shard_queue: usize,
+    stop_timeout: Duration,
+    shards: Mutex<Shards>,
+    status: watch::Sender<Status>,
+}
+
+impl Ctx {
+    pub(crate) fn new(
+        runtime: tokio::runtime::Handle,
+        env: Arc<ShardEnv>,
+        shard_queue: usize,
+        stop_timeout: Duration,
+        status: watch::Sender<Status>,
+    ) -> Ctx {
+        Ctx {
+            runtime,
+            env,
+            shard_queue,
+            stop_timeout,
+            shards: Mutex::new(HashMap::new()),
+            status,
+        }
+    }
+
+    fn shards(&self) -> std::sync::MutexGuard<'_, Shards> {
+        self.shards.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn start_shard(&self, shards: &mut Shards, topic: &str, partition: i32) {
+        let topic: Arc<str> = Arc::from(topic);
+        if shards.contains_key(&(topic.clone(), partition)) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(self.shard_queue);
+        let (stop, stop_rx) = oneshot::channel();
+        let progress = Arc::new(AtomicI64::new(-1));
+        let shard = Shard::new(
+            topic.clone(),
+            partition,
+            self.env.clone(),
+            progress.clone(),
+            Instant::now(),
+        );
+        self.runtime.spawn(shard.run(rx, stop_rx));
+        telemetry::partition_assigned(&topic, partition);
+        shards.insert(
+            (topic, partition),
+            ShardHandle {
+                tx,
+                stop,
+                stash: VecDeque::new(),
+                paused: false,
+                next: i64::MIN,
+                progress,
+                stored: -1,
+            },
+        );
+    }
+
+    /// Stops the given shards (all when `which` is `None`), waits for them to flush and for
+    /// their outputs to be acknowledged, then stores and commits their final offsets.
+    /// Returns whether every one of them finished in time.
+    fn stop_shards(&self, consumer: &BaseConsumer<Ctx>, which: Option<&[(String, i32)]>) -> bool {
+        let mut shards = self.shards();
+        let keys: Vec<_> = shards
+            .keys()
+            .filter(|(t, p)| which.is_none_or(|w| w.iter().any(|(wt, wp)| **wt == **t && wp == p)))
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return true;
+        }
+        let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(keys.len());
+        let mut waiting = HashMap::new();
+        for key in keys {
+            if let Some(h) = shards.remove(&key) {
+                // Stashed messages are not processed: they stay uncommitted and are read
+                // again by the partition's next owner.
+                let _ = h.stop.send(reply_tx.clone());
+                waiting.insert(key, ());
+            }
+        }
+        drop(shards);
+        let deadline = Instant::now() + self.stop_timeout;
+        let mut tpl = TopicPartitionList::new();
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(exit) = reply_rx.recv_timeout(left) else {
+                break;
+            };
+            waiting.remove(&(exit.topic.clone(), exit.partition));
+            telemetry::partition_revoked(&exit.topic, exit.partition, exit.commit);
+            if let Some(next) = exit.commit {
+                let _ = tpl.add_partition_offset(&exit.topic, exit.partition, Offset::Offset(next));
+            }
+        }
+        for (topic, partition) in waiting.keys() {
+            telemetry::shard_stop_timed_out(topic, *partition);
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                telemetry::commit_failed(&e);
+            }
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                telemetry::commit_failed(&e);
+            }
+        }
+        self.publish_status();
+        waiting.is_empty()
+    }
+
+    fn publish_status(&self) {
+        let mut assigned: Vec<_> = self
+            .shards()
+            .keys()
+            .map(|(t, p)| (t.to_string(), *p))
+            .collect();
+        assigned.sort();
+        self.status.send_replace(Status { assigned });
+    }
+
+    /// Hands a polled message to its shard, or stashes it (pausing the partition) when the
+    /// shard's queue is full. Returns whether the message was stashed.
+    fn dispatch(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        topic: &str,
+        partition: i32,
+        msg: ShardMsg,
+    ) -> bool {
+        let mut shards = self.shards();
+        let key = (Arc::from(topic), partition);
+        if !shards.contains_key(&key) {
+            // A message before the assignment callback was seen: should not happen, but the
+            // message must not be lost.
+            self.start_shard(&mut shards, topic, partition);
+        }
+        let Some(h) = shards.get_mut(&key) else {
+            return false;
+        };
+        if msg.offset < h.next {
+            return false; // re-fetched after a pause: already handed over
+        }
+        h.next = msg.offset + 1;
+        if !h.stash.is_empty() {
+            h.stash.push_back(msg);
+            return true;
+        }
+        match h.tx.try_send(msg) {
+            Ok(()) => false,
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                h.stash.push_back(msg);
+                if !h.paused {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(topic, partition);
+                    h.paused = consumer.pause(&tpl).is_ok();
+                    telemetry::backpressure(topic, partition, h.paused);
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Moves stashed messages into shard queues that have room; resumes drained partitions.
+    /// Returns whether anything is still stashed.
+    fn unstash(&self, consumer: &BaseConsumer<Ctx>) -> bool {
+        let mut shards = self.shards();
+        let mut any = false;
+        for ((topic, partition), h) in shards.iter_mut() {
+            while let Some(m) = h.stash.pop_front() {
+                match h.tx.try_send(m) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(m)) => {
+                        h.stash.push_front(m);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => h.stash.clear(),
+                }
+            }
+            if h.stash.is_empty() && h.paused {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, *partition);
+                h.paused = consumer.resume(&tpl).is_err();
+            }
+            any |= !h.stash.is_empty();
+        }
+        any
+    }
+
+    /// Stores the offsets shards report as done (committed by librdkafka's auto-commit).
+    fn store_progress(&self, consumer: &BaseConsumer<Ctx>) {
+        let mut shards = self.shards();
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), h) in shards.iter_mut() {
+            let next = h.progress.load(Ordering::Acquire);
+            if next > h.stored {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(next));
+                h.stored = next;
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                telemetry::commit_failed(&e);
+            }
+        }
+    }
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts: Vec<(String, i32)> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            self.store_progress(consumer);
+            self.stop_shards(consumer, Some(&parts));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            {
+                let mut shards = self.shards();
+                for e in tpl.elements() {
+                    self.start_shard(&mut shards, e.topic(), e.partition());
+                }
+            }
+            self.publish_status();
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            telemetry::commit_failed(&e);
+        }
+    }
+}
+
+/// The poll loop. Returns when `stop` is set, after every shard has been stopped and its
+/// offset committed.
+pub(crate) fn consume(consumer: BaseConsumer<Ctx>, topics: &[String], stop: &AtomicBool) -> bool {
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(e) = consumer.subscribe(&names) {
+        telemetry::consumer_error(&e);
+        return false;
+    }
+    let ctx = consumer.context();
+    let mut last_store = Instant::now();
+    let mut stashed = false;
+    let mut last_error: Option<Instant> = None;
+    while !stop.load(Ordering::Acquire) {
+        if stashed {
+            stashed = ctx.unstash(&consumer);
+        }
+        if last_store.elapsed() >= Duration::from_millis(100) {
+            ctx.store_progress(&consumer);
+            last_store = Instant::now();
+        }
+        let wait = if stashed { 5 } else { 100 };
+        match consumer.poll(Duration::from_millis(wait)) {
+            None => {}
+            Some(Ok(m)) => {
+                let msg = ShardMsg {
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                };
+                let (topic, partition) = (m.topic().to_string(), m.partition());
+                drop(m);
+                stashed |= ctx.dispatch(&consumer, &topic, partition, msg);
+            }
+            // librdkafka reconnects by itself; say so at most every 10 s.
+            Some(Err(e)) if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) => {
+                telemetry::consumer_error(&e);
+                last_error = Some(Instant::now());
+            }
+            Some(Err(_)) => {}
+        }
+    }
+    ctx.store_progress(&consumer);
+    let clean = ctx.stop_shards(&consumer, None);
+    consumer.unsubscribe();
+    // Dropping the consumer closes it: it leaves the group.
+    drop(consumer);
+    clean
+}

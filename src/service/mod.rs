@@ -1,0 +1,170 @@
+//! The Kafka service (`cxstream run`): interaction events in, alerts, journey summaries and
+//! dead letters out, at least once.
+//!
+//! - [`consumer`]: one OS thread polls the consumer group and follows rebalances.
+//! - [`shard`]: one task per assigned partition owns that partition's [`crate::engine::Engine`]
+//!   (no locks on the hot path); tasks are spread over the runtime's worker threads.
+//! - [`ledger`]: which input offset may be committed (only once every output it caused has
+//!   been acknowledged by the broker).
+//! - [`records`]: the bytes and headers written to each output topic.
+//!
+//! Queues between the consumer, shards and producer are bounded: a shard stops taking input
+//! while `service.max_in_flight` outputs await acknowledgement, and a full shard queue pauses
+//! its partition, so a slow broker slows consumption instead of growing memory.
+
+mod consumer;
+pub mod ledger;
+pub mod records;
+mod shard;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::sync::{oneshot, watch};
+
+pub use consumer::Status;
+pub use shard::idle_watermark;
+
+use crate::config::Config;
+use crate::telemetry;
+
+/// librdkafka settings of the service's consumer: cxstream's defaults, then the user's
+/// `[kafka.common]` and `[kafka.consumer]`, then the settings the delivery guarantee needs.
+pub fn consumer_config(c: &Config) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // At most ~16 MiB fetched ahead per consumer: bounded memory under backpressure.
+        .set("queued.max.messages.kbytes", "16384");
+    for (k, v) in c.kafka.common.0.iter().chain(&c.kafka.consumer.0) {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", &c.kafka.brokers)
+        .set("group.id", &c.kafka.group_id)
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    cc
+}
+
+/// librdkafka settings of the service's producer (and the simulator's).
+pub fn producer_config(c: &Config) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    // Same partitioner as the Java client: a key lands on the same partition whichever
+    // client produced it.
+    cc.set("partitioner", "murmur2_random")
+        .set("linger.ms", "5");
+    for (k, v) in c.kafka.common.0.iter().chain(&c.kafka.producer.0) {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", &c.kafka.brokers);
+    cc
+}
+
+/// A running service. Create it inside a Tokio runtime; stop it with [`Service::stop`].
+pub struct Service {
+    stop: Arc<AtomicBool>,
+    done: oneshot::Receiver<bool>,
+    producer: FutureProducer,
+    status: watch::Receiver<Status>,
+    shutdown_timeout: Duration,
+}
+
+/// How a stopped service ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunReport {
+    /// Every shard finished, every output was acknowledged and the input offsets committed.
+    pub clean: bool,
+    pub took: Duration,
+}
+
+impl Service {
+    /// Connects (librdkafka retries unreachable brokers with backoff), joins the consumer
+    /// group and starts consuming.
+    pub fn start(config: &Config) -> anyhow::Result<Service> {
+        telemetry::service_starting(
+            &config.kafka.brokers,
+            &config.kafka.group_id,
+            &config.topics.input,
+        );
+        let producer: FutureProducer = producer_config(config)
+            .create()
+            .context("cannot create the Kafka producer")?;
+        let env = Arc::new(shard::ShardEnv::new(config, producer.clone()));
+        let (status_tx, status) = watch::channel(Status::default());
+        // Shards get most of the shutdown budget; the rest is for the final commit and flush.
+        let stop_timeout = config.service.shutdown_timeout.mul_f64(0.8);
+        let ctx = consumer::Ctx::new(
+            tokio::runtime::Handle::current(),
+            env,
+            config.service.shard_queue,
+            stop_timeout,
+            status_tx,
+        );
+        let consumer: BaseConsumer<consumer::Ctx> = consumer_config(config)
+            .create_with_context(ctx)
+            .context("cannot create the Kafka consumer")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = oneshot::channel();
+        let topics = config.topics.input.clone();
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("cx-consumer".into())
+            .spawn(move || {
+                let clean = consumer::consume(consumer, &topics, &flag);
+                let _ = done_tx.send(clean);
+            })
+            .context("cannot start the consumer thread")?;
+        Ok(Service {
+            stop,
+            done,
+            producer,
+            status,
+            shutdown_timeout: config.service.shutdown_timeout,
+        })
+    }
+
+    /// Partitions owned, updated on every rebalance.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Runs until `shutdown` completes (e.g. SIGTERM), then stops cleanly.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> RunReport {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = &mut self.done => {
+                // The consumer thread ended by itself (it could not subscribe).
+                return RunReport { clean: false, took: Duration::ZERO };
+            }
+        }
+        self.stop().await
+    }
+
+    /// Stops fetching, lets every shard finish its queued messages and flush, waits for the
+    /// broker to acknowledge every output, commits the offsets, leaves the group and flushes
+    /// the producer, all within `service.shutdown_timeout`.
+    pub async fn stop(self) -> RunReport {
+        let started = Instant::now();
+        telemetry::shutting_down(self.shutdown_timeout);
+        self.stop.store(true, Ordering::Release);
+        let clean = self.done.await.unwrap_or(false);
+        let left = self.shutdown_timeout.saturating_sub(started.elapsed());
+        let producer = self.producer;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(left).is_ok())
+            .await
+            .unwrap_or(false);
+        let report = RunReport {
+            clean: clean && flushed,
+            took: started.elapsed(),
+        };
+        telemetry::stopped(report.clean, report.took);
+        report
+    }
+}

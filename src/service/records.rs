@@ -1,0 +1,178 @@
+//! What the service writes to Kafka, as plain data: the destination, key, payload and headers
+//! of each alert, journey summary and dead letter. Pure, so the exact bytes and headers are
+//! unit-tested without a broker.
+
+use prost::Message;
+
+use crate::alert::Output;
+use crate::config::OutputFormat;
+
+/// Where a record goes (resolved to a topic name by the service's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    Alerts,
+    Journeys,
+    DeadLetter,
+}
+
+/// One record to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutRecord {
+    pub dest: Dest,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+fn content_type(f: OutputFormat) -> &'static [u8] {
+    match f {
+        OutputFormat::Json => b"application/json",
+        OutputFormat::Protobuf => b"application/x-protobuf",
+    }
+}
+
+/// An alert or journey summary, keyed by profile id, with headers that let consumers filter
+/// without decoding: `kind` (friction | drop_off | journey), `type` (alert type) and
+/// `severity` for alerts, `journey` and `outcome` for summaries.
+pub fn output_record(o: &Output, format: OutputFormat) -> OutRecord {
+    match o {
+        Output::Alert(a) => OutRecord {
+            dest: Dest::Alerts,
+            key: Some(a.profile_id.as_bytes().to_vec()),
+            payload: match format {
+                OutputFormat::Json => to_json(a),
+                OutputFormat::Protobuf => a.to_proto().encode_to_vec(),
+            },
+            headers: vec![
+                ("kind", a.kind.as_str().as_bytes().to_vec()),
+                ("type", a.alert_type.as_str().as_bytes().to_vec()),
+                ("severity", a.severity.as_str().as_bytes().to_vec()),
+                ("content-type", content_type(format).to_vec()),
+                ("schema", b"cx.v1.Alert".to_vec()),
+            ],
+        },
+        Output::Journey(j) => OutRecord {
+            dest: Dest::Journeys,
+            key: Some(j.profile_id.as_bytes().to_vec()),
+            payload: match format {
+                OutputFormat::Json => to_json(j),
+                OutputFormat::Protobuf => j.to_proto().encode_to_vec(),
+            },
+            headers: vec![
+                ("kind", b"journey".to_vec()),
+                ("journey", j.journey.as_bytes().to_vec()),
+                ("outcome", j.outcome.as_str().as_bytes().to_vec()),
+                ("content-type", content_type(format).to_vec()),
+                ("schema", b"cx.v1.JourneySummary".to_vec()),
+            ],
+        },
+    }
+}
+
+/// Where a rejected message came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A rejected input message: its original key and bytes unchanged, with why and where from.
+pub fn dead_letter(
+    key: Option<&[u8]>,
+    payload: &[u8],
+    reason: &str,
+    detail: &str,
+    from: Origin<'_>,
+) -> OutRecord {
+    OutRecord {
+        dest: Dest::DeadLetter,
+        key: key.map(<[u8]>::to_vec),
+        payload: payload.to_vec(),
+        headers: vec![
+            ("reason", reason.as_bytes().to_vec()),
+            ("detail", detail.as_bytes().to_vec()),
+            ("source.topic", from.topic.as_bytes().to_vec()),
+            ("source.partition", from.partition.to_string().into_bytes()),
+            ("source.offset", from.offset.to_string().into_bytes()),
+        ],
+    }
+}
+
+/// JSON encoding of our own output types, which cannot fail.
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("outputs always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::Alert;
+    use crate::config::Config;
+    use crate::engine::Engine;
+
+    fn some_outputs() -> Vec<Output> {
+        let text = include_str!("../../examples/events.jsonl");
+        let mut engine = Engine::from_config(&Config::example());
+        let mut out = Vec::new();
+        for line in text.lines().take(800) {
+            let e = crate::decode::decode_json(line.as_bytes()).unwrap();
+            engine.ingest(e, &mut out);
+        }
+        engine.drain(&mut out);
+        out
+    }
+
+    fn header<'a>(r: &'a OutRecord, name: &str) -> &'a [u8] {
+        &r.headers.iter().find(|h| h.0 == name).unwrap().1
+    }
+
+    #[test]
+    fn alerts_and_summaries_are_keyed_by_profile_with_filter_headers() {
+        let outs = some_outputs();
+        let alert = outs
+            .iter()
+            .find_map(|o| match o {
+                Output::Alert(a) => Some(a),
+                _ => None,
+            })
+            .unwrap();
+        let r = output_record(&Output::Alert(alert.clone()), OutputFormat::Json);
+        assert_eq!(r.dest, Dest::Alerts);
+        assert_eq!(r.key.as_deref(), Some(alert.profile_id.as_bytes()));
+        assert_eq!(header(&r, "type"), alert.alert_type.as_str().as_bytes());
+        assert_eq!(header(&r, "severity"), alert.severity.as_str().as_bytes());
+        let back: Alert = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(&back, alert);
+
+        let p = output_record(&Output::Alert(alert.clone()), OutputFormat::Protobuf);
+        let decoded = crate::proto::Alert::decode(p.payload.as_slice()).unwrap();
+        assert_eq!(decoded, alert.to_proto());
+        assert_eq!(header(&p, "content-type"), b"application/x-protobuf");
+
+        let j = outs
+            .iter()
+            .find(|o| matches!(o, Output::Journey(_)))
+            .unwrap();
+        let r = output_record(j, OutputFormat::Json);
+        assert_eq!(r.dest, Dest::Journeys);
+        assert_eq!(header(&r, "kind"), b"journey");
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_original_bytes_and_says_why_and_where_from() {
+        let from = Origin {
+            topic: "cx.interactions",
+            partition: 3,
+            offset: 42,
+        };
+        let r = dead_letter(Some(b"k"), b"\xff not json", "malformed", "bad byte", from);
+        assert_eq!(r.dest, Dest::DeadLetter);
+        assert_eq!(r.payload, b"\xff not json");
+        assert_eq!(r.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(header(&r, "reason"), b"malformed");
+        assert_eq!(header(&r, "source.topic"), b"cx.interactions");
+        assert_eq!(header(&r, "source.partition"), b"3");
+        assert_eq!(header(&r, "source.offset"), b"42");
+    }
+}
