@@ -1,0 +1,562 @@
+//! The Kafka service end to end: the real consumer / shard / producer path over a real Kafka
+//! protocol peer. By default librdkafka's in-process mock cluster; with
+//! `CXSTREAM_TEST_BROKERS=host:port` an external broker (`scripts/test.sh` runs the suite both
+//! ways, starting a tansu broker for the second).
+//!
+//! Expected outputs are computed by the pure engine over the same events, partition by
+//! partition, so every test checks contents, not just counts. Each partition ends with a
+//! far-future "sentinel" event: it moves the watermark past every real event and timer, so
+//! "committed offset = end - 1" tells, without sleeping on a guess, that the service has
+//! applied and delivered everything before it.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use compact_str::CompactString;
+use cxstream::alert::Output;
+use cxstream::config::Config;
+use cxstream::engine::Engine;
+use cxstream::event::{Action, Channel, Event};
+use cxstream::loadgen::encode;
+use cxstream::service::Service;
+use cxstream::sim::{person_key, SimConfig, Simulator};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+enum Broker {
+    Mock(MockCluster<'static, DefaultProducerContext>),
+    External(String),
+}
+
+impl Broker {
+    fn new() -> Broker {
+        match std::env::var("CXSTREAM_TEST_BROKERS") {
+            Ok(b) if !b.is_empty() => Broker::External(b),
+            _ => Broker::Mock(MockCluster::new(1).expect("mock cluster")),
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        match self {
+            Broker::Mock(m) => m.bootstrap_servers(),
+            Broker::External(b) => b.clone(),
+        }
+    }
+
+    async fn create_topic(&self, name: &str, partitions: i32) {
+        match self {
+            Broker::Mock(m) => m.create_topic(name, partitions, 1).expect("create topic"),
+            Broker::External(b) => {
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", b)
+                    .create()
+                    .expect("admin client");
+                let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+                let res = admin
+                    .create_topics(&[topic], &AdminOptions::new())
+                    .await
+                    .expect("create topics");
+                for r in res {
+                    r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// Unique topic and group names per test (an external broker is shared by all tests).
+struct Names {
+    input: String,
+    alerts: String,
+    journeys: String,
+    dead_letter: String,
+    group: String,
+}
+
+fn names(test: &str) -> Names {
+    let tag = format!("{test}-{:x}", fastrand::u64(..));
+    Names {
+        input: format!("in-{tag}"),
+        alerts: format!("alerts-{tag}"),
+        journeys: format!("journeys-{tag}"),
+        dead_letter: format!("dlq-{tag}"),
+        group: format!("g-{tag}"),
+    }
+}
+
+/// Creates the topics and returns the service config for them.
+async fn setup(broker: &Broker, n: &Names, partitions: i32) -> Config {
+    broker.create_topic(&n.input, partitions).await;
+    for t in [&n.alerts, &n.journeys, &n.dead_letter] {
+        broker.create_topic(t, 1).await;
+    }
+    let mut c = Config::example();
+    c.kafka.brokers = broker.bootstrap();
+    c.kafka.group_id = n.group.clone();
+    c.topics.input = vec![n.input.clone()];
+    c.topics.alerts = n.alerts.clone();
+    c.topics.journeys = n.journeys.clone();
+    c.topics.dead_letter = n.dead_letter.clone();
+    // Idle advance would make outputs depend on the wall clock; the sentinels do its job.
+    c.engine.idle_advance = Duration::from_secs(3600);
+    let consumer = &mut c.kafka.consumer.0;
+    consumer.insert("auto.commit.interval.ms".into(), "100".into());
+    consumer.insert("session.timeout.ms".into(), "6000".into());
+    consumer.insert("heartbeat.interval.ms".into(), "500".into());
+    c
+}
+
+fn events(seed: u64, n: usize) -> Vec<Event> {
+    Simulator::new(SimConfig {
+        seed,
+        customers: 150,
+        disorder: 2_000,
+        ..SimConfig::default()
+    })
+    .take(n)
+    .collect()
+}
+
+fn partition_of(e: &Event, partitions: i32) -> i32 {
+    (xxhash_rust::xxh3::xxh3_64(person_key(e).as_bytes()) % partitions as u64) as i32
+}
+
+/// A far-future event of its own profile: moves the watermark past everything before it.
+fn sentinel(partition: i32, t: i64) -> Event {
+    let mut e = Event::new(
+        format!("sentinel-{partition}-{t}").as_str(),
+        t,
+        Channel::Web,
+        "home",
+        Action::View,
+    );
+    e.customer_id = Some(CompactString::from(format!("sentinel-{partition}")));
+    e
+}
+
+/// Splits events by partition and appends a sentinel to each.
+fn by_partition(evs: &[Event], partitions: i32, sentinel_at: i64) -> Vec<Vec<Event>> {
+    let mut parts = vec![Vec::new(); partitions as usize];
+    for e in evs {
+        parts[partition_of(e, partitions) as usize].push(e.clone());
+    }
+    for (p, v) in parts.iter_mut().enumerate() {
+        v.push(sentinel(p as i32, sentinel_at));
+    }
+    parts
+}
+
+async fn produce(broker: &Broker, topic: &str, parts: &[Vec<Event>]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("producer");
+    // Pipelined: every record is handed to the producer, then every delivery awaited.
+    let mut deliveries = Vec::new();
+    for (p, evs) in parts.iter().enumerate() {
+        for e in evs {
+            let payload = encode(e, cxstream::config::OutputFormat::Json);
+            let key = person_key(e);
+            let record = FutureRecord::to(topic)
+                .partition(p as i32)
+                .key(key.as_bytes())
+                .payload(&payload);
+            deliveries.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("queue"),
+            );
+        }
+    }
+    for d in deliveries {
+        d.await.expect("delivery").expect("produce");
+    }
+}
+
+async fn produce_raw(broker: &Broker, topic: &str, partition: i32, payload: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("producer");
+    let record = FutureRecord::<[u8], [u8]>::to(topic)
+        .partition(partition)
+        .key(b"bad-key")
+        .payload(payload);
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .expect("produce");
+}
+
+/// What the service must produce for these partitions: the pure engine over each, then the
+/// flush a stop does. Sorted JSON lines, so comparisons show any difference.
+fn expected(parts: &[Vec<Event>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for evs in parts {
+        let mut engine = Engine::from_config(&Config::example());
+        for e in evs {
+            engine.ingest(e.clone(), &mut out);
+        }
+        engine.flush(&mut out);
+    }
+    let mut lines: Vec<String> = out.iter().map(output_json).collect();
+    lines.sort();
+    lines
+}
+
+fn output_json(o: &Output) -> String {
+    serde_json::to_string(o).unwrap()
+}
+
+/// Every record of a topic, from the beginning to its current end.
+fn read_all(
+    bootstrap: &str,
+    topic: &str,
+) -> Vec<(Option<Vec<u8>>, Vec<u8>, BTreeMap<String, String>)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{:x}", fastrand::u64(..)))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let meta = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut want = 0;
+    for p in meta.topics()[0].partitions() {
+        let (_, high) = c
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        want += high;
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while (out.len() as i64) < want && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            let v = String::from_utf8_lossy(h.value.unwrap_or_default());
+                            (h.key.to_string(), v.into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or_default().to_vec(),
+                headers,
+            ));
+        }
+    }
+    assert_eq!(out.len() as i64, want, "could not read all of {topic}");
+    out
+}
+
+/// The service's outputs (alerts and summaries) as sorted JSON lines.
+fn actual(bootstrap: &str, n: &Names) -> Vec<String> {
+    let mut lines = Vec::new();
+    for topic in [&n.alerts, &n.journeys] {
+        for (_, payload, _) in read_all(bootstrap, topic) {
+            let o: Output = serde_json::from_slice(&payload).unwrap();
+            lines.push(output_json(&o));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// The group's committed offsets of the input topic's partitions (-1: none).
+fn committed(bootstrap: &str, n: &Names, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", &n.group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&n.input, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(
+            |p| match got.find_partition(&n.input, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            },
+        )
+        .collect()
+}
+
+/// Waits (polling the broker) until the group has committed at least `want` per partition.
+async fn wait_committed(bootstrap: &str, n: &Names, want: &[i64]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = committed(bootstrap, n, want.len() as i32);
+        if got.iter().zip(want).all(|(g, w)| g >= w) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed {got:?}, waiting for {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ends_before_sentinels(parts: &[Vec<Event>]) -> Vec<i64> {
+    parts.iter().map(|p| p.len() as i64 - 1).collect()
+}
+
+fn assert_same(actual: &[String], expected: &[String]) {
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|e| !actual.contains(e))
+        .take(3)
+        .collect();
+    let extra: Vec<_> = actual
+        .iter()
+        .filter(|a| !expected.contains(a))
+        .take(3)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && actual.len() == expected.len(),
+        "{} outputs, expected {}; missing e.g. {missing:#?}; unexpected e.g. {extra:#?}",
+        actual.len(),
+        expected.len()
+    );
+}
+
+const FAR: i64 = 1_900_000_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_alerts_and_summaries_out() {
+    let broker = Broker::new();
+    let n = names("flow");
+    let config = setup(&broker, &n, 2).await;
+    let parts = by_partition(&events(1, 3_000), 2, FAR);
+    produce(&broker, &n.input, &parts).await;
+
+    let service = Service::start(&config).unwrap();
+    wait_committed(&broker.bootstrap(), &n, &ends_before_sentinels(&parts)).await;
+    let report = service.stop().await;
+    assert!(report.clean, "{report:?}");
+
+    let want = expected(&parts);
+    assert!(
+        want.len() > 200,
+        "the sample must produce plenty of outputs"
+    );
+    assert_same(&actual(&broker.bootstrap(), &n), &want);
+    let ends: Vec<i64> = parts.iter().map(|p| p.len() as i64).collect();
+    assert_eq!(
+        committed(&broker.bootstrap(), &n, 2),
+        ends,
+        "all input committed on stop"
+    );
+
+    // Headers let consumers filter without decoding; records are keyed by profile.
+    for (key, payload, headers) in read_all(&broker.bootstrap(), &n.alerts) {
+        let a: cxstream::alert::Alert = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(key.as_deref(), Some(a.profile_id.as_bytes()));
+        assert_eq!(headers["type"], a.alert_type.as_str());
+        assert_eq!(headers["severity"], a.severity.as_str());
+        assert_eq!(headers["kind"], a.kind.as_str());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_lands_in_the_dead_letter_topic_with_its_reason() {
+    let broker = Broker::new();
+    let n = names("dlq");
+    let config = setup(&broker, &n, 1).await;
+    let good = by_partition(&events(2, 200), 1, FAR);
+    // Bad messages first, then good traffic ending with the sentinel.
+    produce_raw(&broker, &n.input, 0, b"{\"event_id\": oops").await;
+    produce_raw(&broker, &n.input, 0, br#"{"event_id":"x","channel":"web"}"#).await;
+    produce(&broker, &n.input, &good).await;
+
+    let service = Service::start(&config).unwrap();
+    wait_committed(&broker.bootstrap(), &n, &[good[0].len() as i64 + 2 - 1]).await;
+    assert!(service.stop().await.clean);
+
+    let dlq = read_all(&broker.bootstrap(), &n.dead_letter);
+    assert_eq!(dlq.len(), 2, "exactly the two bad messages");
+    assert_eq!(
+        dlq[0].1, b"{\"event_id\": oops",
+        "original bytes, unchanged"
+    );
+    assert_eq!(dlq[0].0.as_deref(), Some(&b"bad-key"[..]));
+    assert_eq!(dlq[0].2["reason"], "invalid_json");
+    assert_eq!(dlq[0].2["source.topic"], n.input);
+    assert_eq!(dlq[0].2["source.partition"], "0");
+    assert_eq!(dlq[0].2["source.offset"], "0");
+    assert_eq!(dlq[1].2["reason"], "missing_field");
+    assert_eq!(dlq[1].2["source.offset"], "1");
+    assert!(!dlq[1].2["detail"].is_empty());
+    // The good traffic after the bad messages is processed as usual.
+    assert_same(&actual(&broker.bootstrap(), &n), &expected(&good));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_service_resumes_from_the_committed_offset_with_nothing_missing() {
+    let broker = Broker::new();
+    let n = names("restart");
+    let config = setup(&broker, &n, 2).await;
+    let evs = events(3, 3_000);
+    let first = by_partition(&evs[..1_500], 2, FAR);
+    let second = by_partition(&evs[1_500..], 2, FAR + 1);
+
+    produce(&broker, &n.input, &first).await;
+    let service = Service::start(&config).unwrap();
+    wait_committed(&broker.bootstrap(), &n, &ends_before_sentinels(&first)).await;
+    assert!(service.stop().await.clean);
+    let after_first: Vec<i64> = first.iter().map(|p| p.len() as i64).collect();
+    assert_eq!(committed(&broker.bootstrap(), &n, 2), after_first);
+
+    produce(&broker, &n.input, &second).await;
+    let service = Service::start(&config).unwrap();
+    let want: Vec<i64> = after_first
+        .iter()
+        .zip(&second)
+        .map(|(a, s)| a + s.len() as i64 - 1)
+        .collect();
+    wait_committed(&broker.bootstrap(), &n, &want).await;
+    assert!(service.stop().await.clean);
+
+    // The second run starts from the committed offsets: it neither repeats the first run's
+    // input nor skips any of its own (state does not survive a restart until durable state
+    // lands, so its engine starts empty).
+    let mut want = expected(&first);
+    want.extend(expected(&second));
+    want.sort();
+    assert_same(&actual(&broker.bootstrap(), &n), &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_in_one_group_split_the_partitions_and_produce_everything() {
+    let broker = Broker::new();
+    let n = names("group");
+    let config = setup(&broker, &n, 4).await;
+    let a = Service::start(&config).unwrap();
+    let b = Service::start(&config).unwrap();
+    let (mut sa, mut sb) = (a.status(), b.status());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (x, y) = (sa.borrow().assigned.len(), sb.borrow().assigned.len());
+        if x == 2 && y == 2 {
+            break;
+        }
+        tokio::select! {
+            _ = sa.changed() => {}
+            _ = sb.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => panic!("partitions not split: {x} and {y}"),
+        }
+    }
+    let (pa, pb) = (sa.borrow().assigned.clone(), sb.borrow().assigned.clone());
+    assert!(pa.iter().all(|p| !pb.contains(p)), "{pa:?} vs {pb:?}");
+
+    let parts = by_partition(&events(4, 4_000), 4, FAR);
+    produce(&broker, &n.input, &parts).await;
+    wait_committed(&broker.bootstrap(), &n, &ends_before_sentinels(&parts)).await;
+    assert!(a.stop().await.clean);
+    assert!(b.stop().await.clean);
+    assert_same(&actual(&broker.bootstrap(), &n), &expected(&parts));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_commits_what_was_processed_and_loses_no_output() {
+    let broker = Broker::new();
+    let n = names("sigterm");
+    setup(&broker, &n, 2).await;
+    let parts = by_partition(&events(5, 30_000), 2, FAR);
+    produce(&broker, &n.input, &parts).await;
+
+    // The real binary, configured by file plus an environment override for the brokers.
+    let dir = std::env::temp_dir().join(format!("cxstream-{}", n.group));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cxstream.toml");
+    let toml = format!(
+        "{}\n[kafka]\nbrokers = \"unused:1\"\ngroup_id = \"{}\"\n[kafka.consumer]\n\"auto.commit.interval.ms\" = 100\n\
+         [topics]\ninput = [\"{}\"]\nalerts = \"{}\"\njourneys = \"{}\"\ndead_letter = \"{}\"\n",
+        cxstream::config::EXAMPLE_TOML.replace("[engine]", "[engine]\nidle_advance = \"1h\""),
+        n.group, n.input, n.alerts, n.journeys, n.dead_letter
+    );
+    std::fs::write(&file, toml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cxstream"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .env("CXSTREAM__KAFKA__BROKERS", broker.bootstrap())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Terminate once processing is under way (some offsets committed).
+    let deadline = Instant::now() + WAIT;
+    while committed(&broker.bootstrap(), &n, 2)
+        .iter()
+        .all(|c| *c <= 0)
+    {
+        assert!(Instant::now() < deadline, "the service never committed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the service exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no exit within shutdown_timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+
+    // Whatever was processed is committed, and its outputs are all there: exactly the outputs
+    // of the engine over each partition's committed prefix, flushed.
+    let done = committed(&broker.bootstrap(), &n, 2);
+    eprintln!(
+        "committed after SIGTERM: {done:?} of {:?}",
+        parts.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let prefixes: Vec<Vec<Event>> = parts
+        .iter()
+        .zip(&done)
+        .map(|(p, c)| p[..(*c).max(0) as usize].to_vec())
+        .collect();
+    assert!(done.iter().any(|c| *c > 0));
+    assert_same(&actual(&broker.bootstrap(), &n), &expected(&prefixes));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sentinels_are_far_after_the_traffic() {
+    let evs = events(1, 3_000);
+    assert!(evs.iter().all(|e| e.occurred_at < FAR - 86_400_000 * 30));
+}
