@@ -217,11 +217,11 @@ fn output_json(o: &Output) -> String {
     serde_json::to_string(o).unwrap()
 }
 
+/// A record read back: key, payload, headers.
+type Record = (Option<Vec<u8>>, Vec<u8>, BTreeMap<String, String>);
+
 /// Every record of a topic, from the beginning to its current end.
-fn read_all(
-    bootstrap: &str,
-    topic: &str,
-) -> Vec<(Option<Vec<u8>>, Vec<u8>, BTreeMap<String, String>)> {
+fn read_all(bootstrap: &str, topic: &str) -> Vec<Record> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("reader-{:x}", fastrand::u64(..)))

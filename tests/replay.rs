@@ -177,3 +177,46 @@ fn check_config_lists_every_error_and_fails() {
         .unwrap();
     assert!(ok.status.success());
 }
+
+#[test]
+fn environment_variables_override_config_keys() {
+    let example = root().join("examples/cxstream.toml");
+    let out = bin()
+        .arg("check-config")
+        .arg(&example)
+        .env("CXSTREAM__ENGINE__DEDUP_WINDOW", "0s")
+        .env("CXSTREAM__KAFKA__GROUP_ID", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("engine.dedup_window: must be greater than zero"),
+        "{text}"
+    );
+    assert!(text.contains("kafka.group_id: must not be empty"), "{text}");
+    let out = bin()
+        .arg("check-config")
+        .arg(&example)
+        .env("CXSTREAM__ENGINE__DEDUP_WINDOW", "ten")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("engine.dedup_window"), "{text}");
+    assert!(
+        text.contains("CXSTREAM__"),
+        "names the environment as the source: {text}"
+    );
+    let out = bin()
+        .arg("check-config")
+        .arg(&example)
+        .env("CXSTREAM__KAFKA__BROKERS", "kafka-1:9092")
+        .env("CXSTREAM__KAFKA__COMMON__SECURITY.PROTOCOL", "ssl")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
