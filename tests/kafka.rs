@@ -560,3 +560,55 @@ fn sentinels_are_far_after_the_traffic() {
     let evs = events(1, 3_000);
     assert!(evs.iter().all(|e| e.occurred_at < FAR - 86_400_000 * 30));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partition_still_reports_its_drop_off_seconds_after_the_deadline() {
+    let broker = Broker::new();
+    let n = names("idle");
+    let mut config = setup(&broker, &n, 1).await;
+    let quick = Config::from_toml(
+        "[engine]\nallowed_lateness = \"1s\"\nidle_advance = \"1s\"\n\
+         [[journeys]]\nname = \"quick\"\nsteps = [\"q.start\", \"q.end\"]\nabandon_after = \"3s\"\n",
+    )
+    .unwrap();
+    config.journeys = quick.journeys;
+    config.engine = quick.engine;
+    let service = Service::start(&config).unwrap();
+    let mut status = service.status();
+    status.wait_for(|s| !s.assigned.is_empty()).await.unwrap();
+
+    // One event "now", then silence: only the wall clock can close the journey.
+    let now = cxstream::loadgen::wall_clock_millis();
+    let mut e = Event::new("quiet-1", now, Channel::Web, "q.start", Action::View);
+    e.customer_id = Some("c-quiet".into());
+    produce(&broker, &n.input, &[vec![e]]).await;
+    let deadline = now + 3_000;
+
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", format!("reader-{:x}", fastrand::u64(..)))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[n.alerts.as_str()]).unwrap();
+    let alert = loop {
+        if let Some(m) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(200))) {
+            let m = m.unwrap();
+            break serde_json::from_slice::<cxstream::alert::Alert>(m.payload().unwrap()).unwrap();
+        }
+        assert!(
+            cxstream::loadgen::wall_clock_millis() < deadline + 30_000,
+            "no drop-off"
+        );
+    };
+    let arrived = cxstream::loadgen::wall_clock_millis();
+    assert_eq!(alert.alert_type.as_str(), "drop_off");
+    assert_eq!(alert.occurred_at, deadline);
+    // Idle advance: lateness (1s) + the 1s check interval, plus delivery.
+    assert!(
+        arrived >= deadline && arrived <= deadline + 5_000,
+        "drop-off arrived {} ms after its deadline",
+        arrived - deadline
+    );
+    assert!(service.stop().await.clean);
+}
