@@ -334,7 +334,7 @@ fn simulate_to_kafka(
 pub fn run_service(a: &RunArgs) -> anyhow::Result<i32> {
     let config = Config::load(&a.config)?;
     runtime()?.block_on(async {
-        let service = Service::start(&config)?;
+        let service = Service::start(&config).await?;
         let report = service.run_until(shutdown_signal()).await;
         Ok(if report.clean { 0 } else { 1 })
     })

@@ -87,7 +87,7 @@ pub async fn run(
         }
     };
     let config = &demo.config;
-    let service = Service::start(config)?;
+    let service = Service::start(config).await?;
 
     let printer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka.brokers)

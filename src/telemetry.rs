@@ -11,6 +11,10 @@ pub fn service_starting(brokers: &str, group: &str, topics: &[String]) {
     info!(%brokers, %group, ?topics, "cxstream service starting");
 }
 
+pub fn http_listening(addr: std::net::SocketAddr) {
+    info!(%addr, "serving /metrics, /healthz, /readyz");
+}
+
 pub fn partition_assigned(topic: &str, partition: i32) {
     info!(%topic, partition, "partition assigned: shard started");
 }
@@ -35,12 +39,20 @@ pub fn produce_failed(topic: &str, e: &KafkaError, retry_in: Duration) {
     warn!(%topic, error = %e, ?retry_in, "produce failed: retrying (the input offset stays uncommitted)");
 }
 
+pub fn client_error(e: &KafkaError, reason: &str) {
+    error!(error = %e, %reason, "librdkafka error");
+}
+
 pub fn commit_failed(e: &KafkaError) {
     warn!(error = %e, "offset commit failed: the next commit will include these offsets");
 }
 
 pub fn backpressure(topic: &str, partition: i32, paused: bool) {
     debug!(%topic, partition, paused, "shard queue full: partition paused until it drains");
+}
+
+pub fn offset_gap(topic: &str, partition: i32, expected: i64, got: i64) {
+    debug!(%topic, partition, expected, got, "offset gap in the input (compaction or transaction markers)");
 }
 
 pub fn idle_advance(topic: &str, partition: i32, watermark: i64) {
@@ -63,4 +75,316 @@ pub fn stopped(clean: bool, took: Duration) {
     } else {
         error!(?took, "stopped before everything was acknowledged: uncommitted input will be read again on restart");
     }
+}
+
+// ------------------------------------------------------------------------------- metrics
+//
+// Every metric is documented in docs/metrics.md (a test checks the catalogue against a real
+// scrape). Label values come from config (journey and step names, listed segments) or from
+// closed enums (channel, action, type, severity, outcome, reason): never an id.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::alert::{AlertKind, Output};
+use crate::engine::{Engine, EngineStats};
+use crate::event::{Action, Channel};
+use crate::journey::Catalog;
+
+/// Seconds buckets shared by the latency and duration histograms.
+const SECONDS: [f64; 16] = [
+    0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+    86400.0,
+];
+/// One bucket per score point: NPS 0-10, CSAT 1-5, CES 1-7.
+const SCORES: [f64; 11] = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
+
+/// Installs the process-wide Prometheus recorder (once; later calls share it).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("cx_survey_score".into()), &SCORES)
+                })
+                .expect("bucket lists are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first (then ours just renders empty).
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Maps free-form segment values onto the configured list (`other` for the rest).
+#[derive(Debug, Clone)]
+pub struct Labels {
+    segments: Vec<String>,
+}
+
+impl Labels {
+    pub fn new(segments: &[String]) -> Labels {
+        Labels {
+            segments: segments.to_vec(),
+        }
+    }
+
+    pub fn segment(&self, s: &str) -> String {
+        if s.is_empty() {
+            "unknown".into()
+        } else if self.segments.iter().any(|x| x == s) {
+            s.into()
+        } else {
+            "other".into()
+        }
+    }
+}
+
+fn or_none(s: &str) -> String {
+    if s.is_empty() {
+        "none".into()
+    } else {
+        s.into()
+    }
+}
+
+/// One shard's metrics: per-event tallies kept locally (no registry lookup per event) and
+/// engine counters turned into deltas, both published by [`ShardMetrics::publish`].
+pub struct ShardMetrics {
+    topic: String,
+    partition: String,
+    events: [[u64; 9]; 11],
+    last: EngineStats,
+    labels: Labels,
+}
+
+impl ShardMetrics {
+    pub fn new(topic: &str, partition: i32, labels: Labels) -> ShardMetrics {
+        gauge!("cx_shards").increment(1.0);
+        ShardMetrics {
+            topic: topic.into(),
+            partition: partition.to_string(),
+            events: [[0; 9]; 11],
+            last: EngineStats::default(),
+            labels,
+        }
+    }
+
+    /// A decoded event (before the engine decides whether it is late or a duplicate).
+    pub fn event(&mut self, channel: Channel, action: Action) {
+        self.events[channel as usize][action as usize] += 1;
+    }
+
+    pub fn consumed(&self) {
+        counter!("cx_messages_consumed_total", "topic" => self.topic.clone()).increment(1);
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        counter!("cx_events_rejected_total", "reason" => reason).increment(1);
+        counter!("cx_dead_letters_total", "reason" => reason).increment(1);
+    }
+
+    pub fn late(&self) {
+        counter!("cx_events_late_total").increment(1);
+        counter!("cx_dead_letters_total", "reason" => "late").increment(1);
+    }
+
+    /// Alerts and journey summaries as the engine emits them.
+    pub fn outputs(&self, outs: &[Output]) {
+        for o in outs {
+            match o {
+                Output::Alert(a) => {
+                    counter!("cx_alerts_total", "kind" => a.kind.as_str(), "type" => a.alert_type.as_str(), "severity" => a.severity.as_str()).increment(1);
+                    if a.kind == AlertKind::Friction {
+                        counter!("cx_friction_detections_total", "journey" => or_none(&a.journey), "type" => a.alert_type.as_str(), "step" => or_none(&a.step)).increment(1);
+                    }
+                }
+                Output::Journey(j) => {
+                    let journey = j.journey.to_string();
+                    let outcome = j.outcome.as_str();
+                    let had_friction = if j.friction.iter().any(|f| f.kind() == AlertKind::Friction)
+                    {
+                        "true"
+                    } else {
+                        "false"
+                    };
+                    if j.revision == 1 {
+                        counter!("cx_journeys_ended_total", "journey" => journey.clone(), "outcome" => outcome, "step" => j.furthest_step.to_string(), "segment" => self.labels.segment(&j.segment)).increment(1);
+                        let secs = (j.ended_at - j.started_at) as f64 / 1000.0;
+                        histogram!("cx_journey_duration_seconds", "journey" => journey.clone(), "outcome" => outcome).record(secs);
+                        for st in &j.steps {
+                            if let Some(s) = st.seconds {
+                                histogram!("cx_journey_step_duration_seconds", "journey" => journey.clone(), "step" => st.step.to_string()).record(s);
+                            }
+                        }
+                        for s in &j.surveys {
+                            survey(&journey, s.kind.as_str(), outcome, had_friction, s.score);
+                        }
+                    } else if let Some(s) = j.surveys.last() {
+                        // A later revision adds exactly one survey answer.
+                        survey(&journey, s.kind.as_str(), outcome, had_friction, s.score);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes what accumulated since the last call (called about once a second).
+    pub fn publish(&mut self, engine: &Engine, catalog: &Catalog, watermark_lag: Option<Duration>) {
+        for (c, row) in self.events.iter_mut().enumerate() {
+            for (a, n) in row.iter_mut().enumerate() {
+                if *n > 0 {
+                    counter!("cx_events_total", "channel" => Channel::ALL[c].as_str(), "action" => Action::ALL[a].as_str()).increment(*n);
+                    *n = 0;
+                }
+            }
+        }
+        let s = engine.stats();
+        let l = &self.last;
+        let d = |now: u64, before: u64| now.saturating_sub(before);
+        counter!("cx_events_duplicate_total").increment(d(s.duplicates, l.duplicates));
+        counter!("cx_events_unknown_label_total", "field" => "channel")
+            .increment(d(s.unknown_channel, l.unknown_channel));
+        counter!("cx_events_unknown_label_total", "field" => "action")
+            .increment(d(s.unknown_action, l.unknown_action));
+        counter!("cx_identity_links_total").increment(d(s.identity_links, l.identity_links));
+        counter!("cx_identity_merges_total").increment(d(s.identity_merges, l.identity_merges));
+        for (g, now, before) in [
+            ("never_link", s.guardrail_never_link, l.guardrail_never_link),
+            (
+                "identifier_cap",
+                s.guardrail_identifier_cap,
+                l.guardrail_identifier_cap,
+            ),
+            (
+                "customer_conflict",
+                s.guardrail_customer_conflict,
+                l.guardrail_customer_conflict,
+            ),
+        ] {
+            counter!("cx_identity_guardrail_total", "guardrail" => g).increment(d(now, before));
+        }
+        for (j, def) in catalog.journeys.iter().enumerate() {
+            let name = def.name.to_string();
+            let at = |v: &Vec<u64>| v.get(j).copied().unwrap_or(0);
+            let started = d(at(&s.started_by_journey), at(&l.started_by_journey));
+            let gone = d(at(&s.merged_by_journey), at(&l.merged_by_journey))
+                + d(at(&s.ended_by_journey), at(&l.ended_by_journey));
+            counter!("cx_journeys_started_total", "journey" => name.clone()).increment(started);
+            gauge!("cx_journeys_active", "journey" => name.clone())
+                .increment(started as f64 - gone as f64);
+            for (k, step) in def.steps.iter().enumerate() {
+                let now = s
+                    .steps_reached
+                    .get(j)
+                    .and_then(|v| v.get(k))
+                    .copied()
+                    .unwrap_or(0);
+                let before = l
+                    .steps_reached
+                    .get(j)
+                    .and_then(|v| v.get(k))
+                    .copied()
+                    .unwrap_or(0);
+                if now > before {
+                    counter!("cx_journey_steps_reached_total", "journey" => name.clone(), "step" => step.to_string()).increment(now - before);
+                }
+            }
+        }
+        let part = [
+            ("topic", self.topic.clone()),
+            ("partition", self.partition.clone()),
+        ];
+        gauge!("cx_profiles", &part).set(engine.profile_count() as f64);
+        gauge!("cx_state_bytes", &part).set(approx_state_bytes(engine) as f64);
+        if let Some(lag) = watermark_lag {
+            gauge!("cx_event_time_lag_seconds", &part).set(lag.as_secs_f64());
+        }
+        self.last = s.clone();
+    }
+
+    /// The shard is dropped (revoked or shut down): its per-partition gauges go. Call after a
+    /// last [`ShardMetrics::publish`].
+    pub fn close(&self, engine: &Engine, catalog: &Catalog) {
+        gauge!("cx_shards").decrement(1.0);
+        let part = [
+            ("topic", self.topic.clone()),
+            ("partition", self.partition.clone()),
+        ];
+        gauge!("cx_profiles", &part).set(0.0);
+        gauge!("cx_state_bytes", &part).set(0.0);
+        // Its open journeys are no longer held here.
+        let s = engine.stats();
+        for (j, def) in catalog.journeys.iter().enumerate() {
+            let at = |v: &Vec<u64>| v.get(j).copied().unwrap_or(0) as f64;
+            let open = at(&s.started_by_journey) - at(&s.merged_by_journey) - ended(s, j);
+            gauge!("cx_journeys_active", "journey" => def.name.to_string()).decrement(open);
+        }
+    }
+}
+
+/// Instances of journey `j` that ended, by the engine's own count.
+fn ended(s: &EngineStats, j: usize) -> f64 {
+    s.ended_by_journey.get(j).copied().unwrap_or(0) as f64
+}
+
+fn survey(
+    journey: &str,
+    kind: &'static str,
+    outcome: &'static str,
+    friction: &'static str,
+    score: i32,
+) {
+    histogram!("cx_survey_score", "journey" => journey.to_string(), "kind" => kind, "outcome" => outcome, "friction" => friction).record(f64::from(score));
+}
+
+/// Rough state size: measured bytes per profile and per open journey (BENCHMARKS.md).
+fn approx_state_bytes(engine: &Engine) -> u64 {
+    engine.profile_count() as u64 * 350
+        + engine.buffered() as u64 * 300
+        + engine.scheduled_timers() as u64 * 32
+}
+
+/// Consume → output acknowledged.
+pub fn output_acknowledged(latency: Duration) {
+    histogram!("cx_processing_latency_seconds").record(latency.as_secs_f64());
+}
+
+pub fn produce_error(topic: &str) {
+    counter!("cx_produce_errors_total", "topic" => topic.to_string()).increment(1);
+}
+
+pub fn commit(ok: bool) {
+    counter!("cx_commits_total", "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+pub fn rebalance(kind: &'static str) {
+    counter!("cx_rebalances_total", "kind" => kind).increment(1);
+}
+
+/// librdkafka's statistics (every `statistics.interval.ms`): consumer lag per partition and
+/// broker round-trip times.
+pub fn kafka_stats(stats: &rdkafka::Statistics) {
+    for (topic, t) in &stats.topics {
+        for (p, part) in &t.partitions {
+            if *p >= 0 && part.consumer_lag >= 0 {
+                gauge!("cx_kafka_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string()).set(part.consumer_lag as f64);
+            }
+        }
+    }
+    for b in stats.brokers.values() {
+        if b.nodeid >= 0 {
+            if let Some(rtt) = &b.rtt {
+                gauge!("cx_kafka_broker_rtt_seconds", "broker" => b.nodeid.to_string())
+                    .set(rtt.avg as f64 / 1e6);
+            }
+        }
+    }
+    gauge!("cx_kafka_client_queue_messages", "client" => stats.client_type.clone())
+        .set(stats.msg_cnt as f64);
 }

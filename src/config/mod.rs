@@ -15,8 +15,8 @@ use crate::alert::AlertType;
 
 mod service;
 pub use service::{
-    ClientProps, InputSection, KafkaSection, OutputFormat, OutputSection, ServiceSection,
-    TopicsSection,
+    ClientProps, HttpSection, InputSection, KafkaSection, MetricsSection, OutputFormat,
+    OutputSection, ServiceSection, TopicsSection,
 };
 
 /// Environment variables starting with this override config keys, `__` separating the
@@ -48,6 +48,10 @@ pub struct Config {
     pub output: OutputSection,
     #[serde(default)]
     pub service: ServiceSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
 
 /// Event-time handling and state retention.

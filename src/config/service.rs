@@ -163,6 +163,38 @@ impl Default for ServiceSection {
     }
 }
 
+/// `[http]`: the operations endpoint (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Listen address, e.g. "0.0.0.0:9464" (port 0: any free port).
+    pub listen: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+/// `[metrics]`: label values allowed into metrics (everything else is reported as `other`),
+/// so a producer's typo or a free-text field can never explode the series count.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub segments: Vec<String>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            segments: vec!["consumer".into(), "business".into()],
+        }
+    }
+}
+
 /// librdkafka settings cxstream owns: overriding them would break the delivery guarantee.
 const OWNED_CONSUMER_KEYS: [&str; 4] = [
     "bootstrap.servers",
@@ -232,6 +264,21 @@ pub(super) fn validate(c: &super::Config, err: &mut dyn FnMut(String, String)) {
                 format!("{name:?} is not a valid topic name (letters, digits, '.', '_', '-'; at most 249)"),
             );
         }
+    }
+    if c.http.listen.parse::<std::net::SocketAddr>().is_err() {
+        err(
+            "http.listen".into(),
+            format!(
+                "{:?} is not an address like \"0.0.0.0:9464\"",
+                c.http.listen
+            ),
+        );
+    }
+    if c.metrics.segments.len() > 50 {
+        err(
+            "metrics.segments".into(),
+            "at most 50 segments (each one multiplies the journey series)".into(),
+        );
     }
     let s = &c.service;
     if s.shutdown_timeout.is_zero() {

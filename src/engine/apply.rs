@@ -110,6 +110,7 @@ impl Engine {
                     }
                     p.open.push(Instance::open(def, j, id, t));
                     stats.journeys_started += 1;
+                    stats.started_by_journey[usize::from(j)] += 1;
                     timers.push(Timer {
                         due: t + def.abandon_after,
                         instance: id,
@@ -122,6 +123,9 @@ impl Engine {
             };
             let inst = &mut p.open[idx];
             let act = inst.apply(s, t, e.channel, &e.event_id, e.value);
+            if act.first_entry {
+                stats.steps_reached[usize::from(j)][usize::from(s)] += 1;
+            }
             if let (true, true, Some(sla)) =
                 (act.first_entry, fr.slow_step, def.sla[usize::from(s)])
             {

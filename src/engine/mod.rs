@@ -93,6 +93,26 @@ pub struct EngineStats {
     pub alerts: [u64; 8],
     /// By [`JourneyOutcome`] index (completed, abandoned, expired).
     pub journeys_closed: [u64; 3],
+    /// Per journey (catalog order): instances opened.
+    pub started_by_journey: Vec<u64>,
+    /// Per journey: instances that disappeared into another instance when profiles merged.
+    pub merged_by_journey: Vec<u64>,
+    /// Per journey: instances closed (completed, abandoned or expired).
+    pub ended_by_journey: Vec<u64>,
+    /// Per journey, per step: instances that entered the step for the first time (the funnel).
+    pub steps_reached: Vec<Vec<u64>>,
+}
+
+impl EngineStats {
+    fn for_catalog(c: &Catalog) -> EngineStats {
+        EngineStats {
+            started_by_journey: vec![0; c.journeys.len()],
+            merged_by_journey: vec![0; c.journeys.len()],
+            ended_by_journey: vec![0; c.journeys.len()],
+            steps_reached: c.journeys.iter().map(|j| vec![0; j.steps.len()]).collect(),
+            ..EngineStats::default()
+        }
+    }
 }
 
 /// The engine's state for one shard of profiles.
@@ -124,6 +144,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(rules: Rules) -> Engine {
         Engine {
+            stats: EngineStats::for_catalog(&rules.catalog),
             dedup: Dedup::new(rules.dedup_window),
             rules,
             watermark: Millis::MIN,
@@ -137,7 +158,6 @@ impl Engine {
             index: IdentityIndex::default(),
             symbols: Symbols::default(),
             next_sweep: Millis::MIN,
-            stats: EngineStats::default(),
             keys: Vec::new(),
             slots: Vec::new(),
             touched: Vec::new(),
@@ -388,6 +408,15 @@ impl Engine {
         for &k in &other.keys {
             self.index.set(k, into);
         }
+        let survivors = &self.profiles[into as usize]
+            .as_ref()
+            .expect("slot in use")
+            .open;
+        for inst in &other.open {
+            if survivors.iter().any(|i| i.journey == inst.journey) {
+                self.stats.merged_by_journey[usize::from(inst.journey)] += 1;
+            }
+        }
         let moved = self.profile_mut(into).absorb(other);
         // Re-arm timers of instances that now live in `into` (the old ones find nothing).
         for id in moved {
@@ -542,6 +571,7 @@ fn close(
         1,
     )));
     stats.journeys_closed[outcome as usize] += 1;
+    stats.ended_by_journey[usize::from(p.open[idx].journey)] += 1;
     p.close(idx, outcome, ended);
 }
 

@@ -25,6 +25,8 @@ use crate::telemetry;
 pub struct Status {
     /// Partitions currently owned, as (topic, partition).
     pub assigned: Vec<(String, i32)>,
+    /// Why the brokers are unreachable, while they are (librdkafka keeps retrying).
+    pub broker_down: Option<String>,
 }
 
 type StopReply = std::sync::mpsc::SyncSender<ShardExit>;
@@ -167,7 +169,7 @@ impl Ctx {
             .map(|(t, p)| (t.to_string(), *p))
             .collect();
         assigned.sort();
-        self.status.send_replace(Status { assigned });
+        self.status.send_modify(|s| s.assigned = assigned);
     }
 
     /// Hands a polled message to its shard, or stashes it (pausing the partition) when the
@@ -191,6 +193,10 @@ impl Ctx {
         };
         if msg.offset < h.next {
             return false; // re-fetched after a pause: already handed over
+        }
+        if h.next != i64::MIN && msg.offset > h.next {
+            // Legitimate with compaction or transaction markers; worth seeing otherwise.
+            telemetry::offset_gap(topic, partition, h.next, msg.offset);
         }
         h.next = msg.offset + 1;
         if !h.stash.is_empty() {
@@ -230,6 +236,18 @@ impl Ctx {
                 }
             }
             if h.stash.is_empty() && h.paused {
+                // Fetching resumes at the next offset not yet handed over. Without the seek,
+                // librdkafka may resume past messages it had fetched and dropped while the
+                // partition was paused (seen against a real broker): they would be lost.
+                if let Err(e) = consumer.seek(
+                    topic,
+                    *partition,
+                    Offset::Offset(h.next),
+                    Duration::from_secs(5),
+                ) {
+                    telemetry::consumer_error(&e);
+                    continue; // stay paused; retried on the next round
+                }
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(topic, *partition);
                 h.paused = consumer.resume(&tpl).is_err();
@@ -258,11 +276,28 @@ impl Ctx {
     }
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        telemetry::kafka_stats(&stats);
+        if stats.brokers.values().any(|b| b.state == "UP") {
+            self.status
+                .send_if_modified(|s| s.broker_down.take().is_some());
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            let why = format!("all brokers down: {reason}");
+            self.status.send_modify(|s| s.broker_down = Some(why));
+        }
+        telemetry::client_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            telemetry::rebalance("revoke");
             let parts: Vec<(String, i32)> = tpl
                 .elements()
                 .iter()
@@ -275,6 +310,7 @@ impl ConsumerContext for Ctx {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            telemetry::rebalance("assign");
             {
                 let mut shards = self.shards();
                 for e in tpl.elements() {
@@ -286,8 +322,15 @@ impl ConsumerContext for Ctx {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            telemetry::commit_failed(&e);
+        match result {
+            Ok(()) => telemetry::commit(true),
+            // "No offset": nothing new to commit, not a failure.
+            Err(e)
+                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+            Err(e) => {
+                telemetry::commit(false);
+                telemetry::commit_failed(&e);
+            }
         }
     }
 }

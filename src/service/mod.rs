@@ -13,6 +13,7 @@
 //! its partition, so a slow broker slows consumption instead of growing memory.
 
 mod consumer;
+pub mod http;
 pub mod ledger;
 pub mod records;
 mod shard;
@@ -41,6 +42,8 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
     cc.set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
+        // Consumer lag and broker health for the metrics, every 5 s.
+        .set("statistics.interval.ms", "5000")
         // At most ~16 MiB fetched ahead per consumer: bounded memory under backpressure.
         .set("queued.max.messages.kbytes", "16384");
     for (k, v) in c.kafka.common.0.iter().chain(&c.kafka.consumer.0) {
@@ -70,6 +73,9 @@ pub fn producer_config(c: &Config) -> ClientConfig {
 /// A running service. Create it inside a Tokio runtime; stop it with [`Service::stop`].
 pub struct Service {
     stop: Arc<AtomicBool>,
+    http_addr: std::net::SocketAddr,
+    http_stop: Option<oneshot::Sender<()>>,
+    upkeep: tokio::task::JoinHandle<()>,
     done: oneshot::Receiver<bool>,
     producer: FutureProducer,
     status: watch::Receiver<Status>,
@@ -85,9 +91,9 @@ pub struct RunReport {
 }
 
 impl Service {
-    /// Connects (librdkafka retries unreachable brokers with backoff), joins the consumer
-    /// group and starts consuming.
-    pub fn start(config: &Config) -> anyhow::Result<Service> {
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `http.listen`, connects (librdkafka
+    /// retries unreachable brokers with backoff), joins the consumer group and starts consuming.
+    pub async fn start(config: &Config) -> anyhow::Result<Service> {
         telemetry::service_starting(
             &config.kafka.brokers,
             &config.kafka.group_id,
@@ -98,6 +104,21 @@ impl Service {
             .context("cannot create the Kafka producer")?;
         let env = Arc::new(shard::ShardEnv::new(config, producer.clone()));
         let (status_tx, status) = watch::channel(Status::default());
+        let metrics = telemetry::prometheus();
+        let upkeep = metrics.clone();
+        let (http_stop, http_stopped) = oneshot::channel::<()>();
+        let http_addr = http::serve(&config.http.listen, metrics, status.clone(), async move {
+            let _ = http_stopped.await;
+        })
+        .await?;
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        telemetry::http_listening(http_addr);
         // Shards get most of the shutdown budget; the rest is for the final commit and flush.
         let stop_timeout = config.service.shutdown_timeout.mul_f64(0.8);
         let ctx = consumer::Ctx::new(
@@ -123,11 +144,19 @@ impl Service {
             .context("cannot start the consumer thread")?;
         Ok(Service {
             stop,
+            http_addr,
+            http_stop: Some(http_stop),
+            upkeep,
             done,
             producer,
             status,
             shutdown_timeout: config.service.shutdown_timeout,
         })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.http_addr
     }
 
     /// Partitions owned, updated on every rebalance.
@@ -150,7 +179,7 @@ impl Service {
     /// Stops fetching, lets every shard finish its queued messages and flush, waits for the
     /// broker to acknowledge every output, commits the offsets, leaves the group and flushes
     /// the producer, all within `service.shutdown_timeout`.
-    pub async fn stop(self) -> RunReport {
+    pub async fn stop(mut self) -> RunReport {
         let started = Instant::now();
         telemetry::shutting_down(self.shutdown_timeout);
         self.stop.store(true, Ordering::Release);
@@ -160,6 +189,10 @@ impl Service {
         let flushed = tokio::task::spawn_blocking(move || producer.flush(left).is_ok())
             .await
             .unwrap_or(false);
+        if let Some(s) = self.http_stop.take() {
+            let _ = s.send(());
+        }
+        self.upkeep.abort();
         let report = RunReport {
             clean: clean && flushed,
             took: started.elapsed(),

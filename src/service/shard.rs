@@ -50,6 +50,7 @@ pub(crate) struct ShardEnv {
     dead_letter: String,
     idle_advance: Duration,
     max_in_flight: usize,
+    labels: telemetry::Labels,
 }
 
 impl ShardEnv {
@@ -64,6 +65,7 @@ impl ShardEnv {
             dead_letter: c.topics.dead_letter.clone(),
             idle_advance: c.engine.idle_advance,
             max_in_flight: c.service.max_in_flight,
+            labels: telemetry::Labels::new(&c.metrics.segments),
         }
     }
 
@@ -108,6 +110,7 @@ pub(crate) struct Shard {
     last_arrival: Instant,
     /// Next offset to commit, read by the consumer thread (-1: none yet).
     progress: Arc<AtomicI64>,
+    metrics: telemetry::ShardMetrics,
 }
 
 impl Shard {
@@ -119,6 +122,7 @@ impl Shard {
         now: Instant,
     ) -> Shard {
         Shard {
+            metrics: telemetry::ShardMetrics::new(&topic, partition, env.labels.clone()),
             engine: Engine::new(env.rules.clone()),
             topic,
             partition,
@@ -153,7 +157,10 @@ impl Shard {
                     Some(m) => self.process(m, Instant::now()),
                     None => break None,
                 },
-                _ = tick.tick() => self.idle(Instant::now()),
+                _ = tick.tick() => {
+                    self.idle(Instant::now());
+                    self.publish_metrics();
+                }
             }
             self.publish_progress();
         };
@@ -161,14 +168,17 @@ impl Shard {
         while let Ok(m) = rx.try_recv() {
             self.process(m, Instant::now());
         }
+        let now = Instant::now();
         self.engine.flush(&mut self.out);
-        self.send_outputs();
+        self.send_outputs(now);
         while let Some(token) = self.deliveries.next().await {
             if let Some(t) = token {
                 self.ledger.ack(t);
             }
         }
         self.publish_progress();
+        self.publish_metrics();
+        self.metrics.close(&self.engine, &self.env.rules.catalog);
         if let Some(reply) = reply {
             let _ = reply.send(ShardExit {
                 topic: self.topic.clone(),
@@ -180,11 +190,13 @@ impl Shard {
 
     fn process(&mut self, m: ShardMsg, now: Instant) {
         self.last_arrival = now;
+        self.metrics.consumed();
         let payload = m.payload.as_deref().unwrap_or_default();
         let reject = match decode(payload, self.env.input_format) {
             Err(r) => Some((r.reason.as_str(), r.detail)),
             Ok(event) => {
                 let t = event.occurred_at;
+                self.metrics.event(event.channel, event.action);
                 match self.engine.ingest(event, &mut self.out) {
                     Ingest::Accepted => {
                         self.ledger.push(m.offset, Some(t));
@@ -210,6 +222,11 @@ impl Shard {
         };
         if let Some((reason, detail)) = reject {
             self.ledger.push(m.offset, None);
+            if reason == "late" {
+                self.metrics.late();
+            } else {
+                self.metrics.rejected(reason);
+            }
             telemetry::rejected(&self.topic, self.partition, m.offset, reason, &detail);
             let from = Origin {
                 topic: &self.topic,
@@ -217,9 +234,9 @@ impl Shard {
                 offset: m.offset,
             };
             let rec = dead_letter(m.key.as_deref(), payload, reason, &detail, from);
-            self.send(rec);
+            self.send(rec, now);
         }
-        self.send_outputs();
+        self.send_outputs(now);
     }
 
     fn idle(&mut self, now: Instant) {
@@ -234,28 +251,44 @@ impl Shard {
             if w > self.engine.watermark() {
                 telemetry::idle_advance(&self.topic, self.partition, w);
                 self.engine.advance_to(w, &mut self.out);
-                self.send_outputs();
+                self.send_outputs(now);
             }
         }
     }
 
-    fn send_outputs(&mut self) {
+    fn send_outputs(&mut self, cause: Instant) {
+        if self.out.is_empty() {
+            return;
+        }
         let format = self.env.output_format;
         let outs = std::mem::take(&mut self.out);
+        self.metrics.outputs(&outs);
         for o in &outs {
-            self.send(output_record(o, format));
+            self.send(output_record(o, format), cause);
         }
         self.out = outs;
         self.out.clear();
     }
 
-    fn send(&mut self, rec: OutRecord) {
+    /// Produces `rec`; `cause` is when the message that caused it was consumed.
+    fn send(&mut self, rec: OutRecord, cause: Instant) {
         let token = self.ledger.charge();
         let env = self.env.clone();
         self.deliveries.push(Box::pin(async move {
             deliver(&env, rec).await;
+            telemetry::output_acknowledged(cause.elapsed());
             token
         }));
+    }
+
+    fn publish_metrics(&mut self) {
+        let w = self.engine.watermark();
+        let lag = (w != Millis::MIN).then(|| {
+            let behind = crate::loadgen::wall_clock_millis().saturating_sub(w);
+            Duration::from_millis(behind.max(0) as u64)
+        });
+        self.metrics
+            .publish(&self.engine, &self.env.rules.catalog, lag);
     }
 
     fn publish_progress(&mut self) {
@@ -296,6 +329,7 @@ async fn deliver(env: &ShardEnv, rec: OutRecord) {
         };
         if let Some(e) = failure {
             telemetry::produce_failed(topic, &e, backoff);
+            telemetry::produce_error(topic);
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
