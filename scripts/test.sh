@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, property and end-to-end tests, plus a smoke run of the
-# benchmarks at a tiny size so they never rot; then the Kafka integration suite again against
+# The whole test suite: unit, property and end-to-end tests, the operations tests (metrics,
+# alert rules with promtool, a real Prometheus server), plus a smoke run of the benchmarks at a
+# tiny size so they never rot; then the Kafka integration suite again against
 # a real broker process (tansu, installed once with cargo and started here on a free loopback
 # port). Debug builds only.
 set -euo pipefail
@@ -17,6 +18,16 @@ cleanup() {
 }
 trap cleanup EXIT
 status=0
+
+# promtool and a Prometheus server for the operations tests (tests/ops.rs).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    echo "installing prometheus (promtool + server) from Debian"
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+export CXSTREAM_REQUIRE_TOOLS=1
 
 # 1. Everything, with the Kafka tests on librdkafka's in-process mock cluster.
 cargo test --all-targets --locked 2>&1 | tee -a "$log" || status=$?

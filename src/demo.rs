@@ -88,6 +88,10 @@ pub async fn run(
     };
     let config = &demo.config;
     let service = Service::start(config).await?;
+    eprintln!(
+        "demo: Prometheus metrics at http://{}/metrics (health: /healthz, /readyz)",
+        service.http_addr()
+    );
 
     let printer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka.brokers)

@@ -388,3 +388,160 @@ pub fn kafka_stats(stats: &rdkafka::Statistics) {
     gauge!("cx_kafka_client_queue_messages", "client" => stats.client_type.clone())
         .set(stats.msg_cnt as f64);
 }
+
+/// Every metric with its help text, so that a scrape shows each one (at zero) from the start,
+/// and dashboards and alert rules never query a series that does not exist yet.
+pub fn describe(catalog: &Catalog, output_topics: &[&str]) {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "cx_journeys_started_total",
+        "Journey instances opened, by journey."
+    );
+    describe_counter!("cx_journeys_ended_total", "Journey instances closed, by journey, outcome (completed, abandoned, expired), furthest step and segment.");
+    describe_gauge!(
+        "cx_journeys_active",
+        "Journey instances open now, by journey."
+    );
+    describe_counter!(
+        "cx_journey_steps_reached_total",
+        "Journey instances that reached a step for the first time: the live funnel."
+    );
+    describe_histogram!(
+        "cx_journey_duration_seconds",
+        Unit::Seconds,
+        "Journey instance duration from start to end (event time), by journey and outcome."
+    );
+    describe_histogram!(
+        "cx_journey_step_duration_seconds",
+        Unit::Seconds,
+        "Time from first entering a step to first entering the next step reached (event time)."
+    );
+    describe_counter!(
+        "cx_friction_detections_total",
+        "Friction detected, by journey (none outside journeys), type and step."
+    );
+    describe_counter!(
+        "cx_alerts_total",
+        "Alerts emitted, by kind, type and severity."
+    );
+    describe_histogram!("cx_survey_score", "Survey answers (NPS 0-10, CSAT 1-5, CES 1-7), by journey, kind, journey outcome and whether the journey had friction.");
+    describe_counter!(
+        "cx_messages_consumed_total",
+        "Input messages consumed, by topic."
+    );
+    describe_counter!(
+        "cx_events_total",
+        "Decoded input events, by channel and action."
+    );
+    describe_counter!(
+        "cx_events_rejected_total",
+        "Input rejected (dead-lettered) by reason, late events aside."
+    );
+    describe_counter!(
+        "cx_events_late_total",
+        "Events older than the watermark: not applied, dead-lettered."
+    );
+    describe_counter!(
+        "cx_events_duplicate_total",
+        "Events whose event_id was already seen within the dedup window."
+    );
+    describe_counter!(
+        "cx_events_unknown_label_total",
+        "Events whose channel or action was not a known value (mapped to other)."
+    );
+    describe_counter!(
+        "cx_identity_links_total",
+        "Identifiers linked into an existing profile."
+    );
+    describe_counter!(
+        "cx_identity_merges_total",
+        "Profiles merged because an event linked them."
+    );
+    describe_counter!(
+        "cx_identity_guardrail_total",
+        "Links refused by a guardrail: never_link, identifier_cap, customer_conflict."
+    );
+    describe_counter!(
+        "cx_dead_letters_total",
+        "Records written to the dead-letter topic, by reason."
+    );
+    describe_gauge!(
+        "cx_kafka_consumer_lag",
+        "Messages behind the partition's end (librdkafka statistics)."
+    );
+    describe_gauge!(
+        "cx_event_time_lag_seconds",
+        Unit::Seconds,
+        "Wall clock minus the shard's watermark."
+    );
+    describe_histogram!(
+        "cx_processing_latency_seconds",
+        Unit::Seconds,
+        "From consuming a message to the broker acknowledging an output it caused."
+    );
+    describe_counter!(
+        "cx_produce_errors_total",
+        "Failed produce attempts (each retried), by topic."
+    );
+    describe_counter!("cx_commits_total", "Offset commits, by result.");
+    describe_counter!(
+        "cx_rebalances_total",
+        "Consumer group rebalances, by kind (assign, revoke)."
+    );
+    describe_gauge!("cx_shards", "Partitions (shards) owned by this instance.");
+    describe_gauge!(
+        "cx_profiles",
+        "Customer profiles held in memory, by partition."
+    );
+    describe_gauge!(
+        "cx_state_bytes",
+        Unit::Bytes,
+        "Approximate memory held by a shard's state."
+    );
+    describe_gauge!(
+        "cx_kafka_broker_rtt_seconds",
+        Unit::Seconds,
+        "Average broker round-trip time (librdkafka statistics)."
+    );
+    describe_gauge!(
+        "cx_kafka_client_queue_messages",
+        "Messages waiting in librdkafka's queues, by client."
+    );
+
+    for def in &catalog.journeys {
+        let name = def.name.to_string();
+        counter!("cx_journeys_started_total", "journey" => name.clone()).absolute(0);
+        gauge!("cx_journeys_active", "journey" => name.clone()).increment(0.0);
+        for step in &def.steps {
+            counter!("cx_journey_steps_reached_total", "journey" => name.clone(), "step" => step.to_string()).absolute(0);
+        }
+    }
+    for reason in crate::decode::RejectReason::ALL {
+        counter!("cx_events_rejected_total", "reason" => reason.as_str()).absolute(0);
+        counter!("cx_dead_letters_total", "reason" => reason.as_str()).absolute(0);
+    }
+    counter!("cx_events_rejected_total", "reason" => "unlinkable").absolute(0);
+    counter!("cx_dead_letters_total", "reason" => "unlinkable").absolute(0);
+    counter!("cx_dead_letters_total", "reason" => "late").absolute(0);
+    for c in [
+        "cx_events_late_total",
+        "cx_events_duplicate_total",
+        "cx_identity_links_total",
+        "cx_identity_merges_total",
+    ] {
+        counter!(c).absolute(0);
+    }
+    for g in ["never_link", "identifier_cap", "customer_conflict"] {
+        counter!("cx_identity_guardrail_total", "guardrail" => g).absolute(0);
+    }
+    for t in output_topics {
+        counter!("cx_produce_errors_total", "topic" => t.to_string()).absolute(0);
+    }
+    for r in ["ok", "error"] {
+        counter!("cx_commits_total", "result" => r).absolute(0);
+    }
+    for k in ["assign", "revoke"] {
+        counter!("cx_rebalances_total", "kind" => k).absolute(0);
+    }
+    gauge!("cx_shards").increment(0.0);
+}

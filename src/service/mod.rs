@@ -105,6 +105,11 @@ impl Service {
         let env = Arc::new(shard::ShardEnv::new(config, producer.clone()));
         let (status_tx, status) = watch::channel(Status::default());
         let metrics = telemetry::prometheus();
+        let t = &config.topics;
+        telemetry::describe(
+            &crate::journey::Catalog::new(&config.journeys),
+            &[&t.alerts, &t.journeys, &t.dead_letter],
+        );
         let upkeep = metrics.clone();
         let (http_stop, http_stopped) = oneshot::channel::<()>();
         let http_addr = http::serve(&config.http.listen, metrics, status.clone(), async move {
