@@ -319,7 +319,7 @@ fn simulate_to_kafka(
         format,
     };
     let sim = Simulator::new(SimConfig {
-        start: crate::loadgen::wall_clock_millis(),
+        start: crate::clock::now_millis(),
         ..cfg
     });
     runtime()?.block_on(async {

@@ -107,7 +107,7 @@ pub async fn run(
     let sim = Simulator::new(SimConfig {
         seed: demo.seed,
         customers: demo.customers.max(1),
-        start: crate::loadgen::wall_clock_millis(),
+        start: crate::clock::now_millis(),
         // A session per customer about every hour of event time: at the default rate and
         // customer count, event time runs ~90x faster than the wall clock, so 30-minute
         // drop-offs show within half a minute.

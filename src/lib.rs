@@ -21,6 +21,7 @@
 
 pub mod alert;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod dedup;

@@ -25,14 +25,6 @@ pub struct Load {
     pub format: OutputFormat,
 }
 
-/// Now, as event time (simulated traffic starts at the wall clock).
-pub fn wall_clock_millis() -> crate::event::Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(crate::event::millis)
-        .unwrap_or(0)
-}
-
 /// Encodes one event as producers would.
 pub fn encode(e: &Event, format: OutputFormat) -> Vec<u8> {
     match format {

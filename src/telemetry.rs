@@ -23,6 +23,10 @@ pub fn partition_revoked(topic: &str, partition: i32, commit: Option<i64>) {
     info!(%topic, partition, ?commit, "partition revoked: shard flushed and dropped");
 }
 
+pub fn shard_died(topic: &str, partition: i32) {
+    error!(%topic, partition, "shard task ended unexpectedly: stopping the service (its input stays uncommitted)");
+}
+
 pub fn shard_stop_timed_out(topic: &str, partition: i32) {
     warn!(%topic, partition, "shard did not finish in time: its uncommitted input will be read again");
 }

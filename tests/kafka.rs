@@ -606,7 +606,7 @@ async fn a_quiet_partition_still_reports_its_drop_off_seconds_after_the_deadline
     status.wait_for(|s| !s.assigned.is_empty()).await.unwrap();
 
     // One event "now", then silence: only the wall clock can close the journey.
-    let now = cxstream::loadgen::wall_clock_millis();
+    let now = cxstream::clock::now_millis();
     let mut e = Event::new("quiet-1", now, Channel::Web, "q.start", Action::View);
     e.customer_id = Some("c-quiet".into());
     produce(&broker, &n.input, &[vec![e]]).await;
@@ -625,11 +625,11 @@ async fn a_quiet_partition_still_reports_its_drop_off_seconds_after_the_deadline
             break serde_json::from_slice::<cxstream::alert::Alert>(m.payload().unwrap()).unwrap();
         }
         assert!(
-            cxstream::loadgen::wall_clock_millis() < deadline + 30_000,
+            cxstream::clock::now_millis() < deadline + 30_000,
             "no drop-off"
         );
     };
-    let arrived = cxstream::loadgen::wall_clock_millis();
+    let arrived = cxstream::clock::now_millis();
     assert_eq!(alert.alert_type.as_str(), "drop_off");
     assert_eq!(alert.occurred_at, deadline);
     // Idle advance: lateness (1s) + the 1s check interval, plus delivery.

@@ -55,6 +55,9 @@ pub(crate) struct Ctx {
     stop_timeout: Duration,
     shards: Mutex<Shards>,
     status: watch::Sender<Status>,
+    /// A shard task ended on its own (it should never): the service stops rather than keep
+    /// consuming a partition nobody processes.
+    failed: AtomicBool,
 }
 
 impl Ctx {
@@ -72,6 +75,7 @@ impl Ctx {
             stop_timeout,
             shards: Mutex::new(HashMap::new()),
             status,
+            failed: AtomicBool::new(false),
         }
     }
 
@@ -215,7 +219,10 @@ impl Ctx {
                 }
                 true
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.shard_died(topic, partition);
+                false
+            }
         }
     }
 
@@ -232,7 +239,11 @@ impl Ctx {
                         h.stash.push_front(m);
                         break;
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => h.stash.clear(),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        h.stash.clear();
+                        self.failed.store(true, Ordering::Release);
+                        telemetry::shard_died(topic, *partition);
+                    }
                 }
             }
             if h.stash.is_empty() && h.paused {
@@ -255,6 +266,12 @@ impl Ctx {
             any |= !h.stash.is_empty();
         }
         any
+    }
+
+    fn shard_died(&self, topic: &str, partition: i32) {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            telemetry::shard_died(topic, partition);
+        }
     }
 
     /// Stores the offsets shards report as done (committed by librdkafka's auto-commit).
@@ -347,7 +364,7 @@ pub(crate) fn consume(consumer: BaseConsumer<Ctx>, topics: &[String], stop: &Ato
     let mut last_store = Instant::now();
     let mut stashed = false;
     let mut last_error: Option<Instant> = None;
-    while !stop.load(Ordering::Acquire) {
+    while !stop.load(Ordering::Acquire) && !ctx.failed.load(Ordering::Acquire) {
         if stashed {
             stashed = ctx.unstash(&consumer);
         }
@@ -377,7 +394,7 @@ pub(crate) fn consume(consumer: BaseConsumer<Ctx>, topics: &[String], stop: &Ato
         }
     }
     ctx.store_progress(&consumer);
-    let clean = ctx.stop_shards(&consumer, None);
+    let clean = ctx.stop_shards(&consumer, None) && !ctx.failed.load(Ordering::Acquire);
     consumer.unsubscribe();
     // Dropping the consumer closes it: it leaves the group.
     drop(consumer);

@@ -172,13 +172,14 @@ impl Service {
     /// Runs until `shutdown` completes (e.g. SIGTERM), then stops cleanly.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> RunReport {
         tokio::select! {
-            _ = shutdown => {}
-            _ = &mut self.done => {
-                // The consumer thread ended by itself (it could not subscribe).
-                return RunReport { clean: false, took: Duration::ZERO };
+            _ = shutdown => self.stop().await,
+            // The consumer thread ended by itself (it could not subscribe, or a shard died):
+            // it has committed what was done; flush and report failure.
+            ended = &mut self.done => {
+                let _ = ended;
+                self.finish(Instant::now(), false).await
             }
         }
-        self.stop().await
     }
 
     /// Stops fetching, lets every shard finish its queued messages and flush, waits for the
@@ -188,7 +189,11 @@ impl Service {
         let started = Instant::now();
         telemetry::shutting_down(self.shutdown_timeout);
         self.stop.store(true, Ordering::Release);
-        let clean = self.done.await.unwrap_or(false);
+        let clean = (&mut self.done).await.unwrap_or(false);
+        self.finish(started, clean).await
+    }
+
+    async fn finish(mut self, started: Instant, clean: bool) -> RunReport {
         let left = self.shutdown_timeout.saturating_sub(started.elapsed());
         let producer = self.producer;
         let flushed = tokio::task::spawn_blocking(move || producer.flush(left).is_ok())

@@ -284,7 +284,7 @@ impl Shard {
     fn publish_metrics(&mut self) {
         let w = self.engine.watermark();
         let lag = (w != Millis::MIN).then(|| {
-            let behind = crate::loadgen::wall_clock_millis().saturating_sub(w);
+            let behind = crate::clock::now_millis().saturating_sub(w);
             Duration::from_millis(behind.max(0) as u64)
         });
         self.metrics
