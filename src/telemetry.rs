@@ -258,6 +258,7 @@ impl ShardMetrics {
             .increment(d(s.unknown_action, l.unknown_action));
         counter!("cx_identity_links_total").increment(d(s.identity_links, l.identity_links));
         counter!("cx_identity_merges_total").increment(d(s.identity_merges, l.identity_merges));
+        counter!("cx_profiles_evicted_total").increment(d(s.profiles_evicted, l.profiles_evicted));
         for (g, now, before) in [
             ("never_link", s.guardrail_never_link, l.guardrail_never_link),
             (
@@ -532,6 +533,7 @@ pub fn describe(catalog: &Catalog, output_topics: &[&str]) {
         "cx_events_duplicate_total",
         "cx_identity_links_total",
         "cx_identity_merges_total",
+        "cx_profiles_evicted_total",
     ] {
         counter!(c).absolute(0);
     }

@@ -522,7 +522,12 @@ async fn sigterm_mid_run_commits_what_was_processed_and_loses_no_output() {
     let toml = format!(
         "{}\n[http]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"unused:1\"\ngroup_id = \"{}\"\n[kafka.consumer]\n\"auto.commit.interval.ms\" = 100\n\
          [topics]\ninput = [\"{}\"]\nalerts = \"{}\"\njourneys = \"{}\"\ndead_letter = \"{}\"\n",
-        cxstream::config::EXAMPLE_TOML.replace("[engine]", "[engine]\nidle_advance = \"1h\""),
+        // The example's journeys and engine settings; the service sections are the test's.
+        cxstream::config::EXAMPLE_TOML
+            .split("# ---- The Kafka service")
+            .next()
+            .unwrap()
+            .replace("idle_advance = \"10s\"", "idle_advance = \"1h\""),
         n.group, n.input, n.alerts, n.journeys, n.dead_letter
     );
     std::fs::write(&file, toml).unwrap();

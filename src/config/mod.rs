@@ -72,6 +72,10 @@ pub struct EngineSection {
     /// A survey answer with no open journey attaches to a journey closed at most this long ago.
     #[serde(with = "humantime_serde")]
     pub survey_attribution: Duration,
+    /// Most profiles one shard (partition) holds. Beyond it the longest-idle profiles are
+    /// evicted, their open journeys closed as `expired`: memory stays bounded whatever the
+    /// traffic.
+    pub max_profiles: usize,
     /// Kafka service: when a partition has had no event for this long (wall clock), its
     /// watermark moves on with the wall clock, so drop-offs still fire when traffic stops.
     #[serde(with = "humantime_serde")]
@@ -86,6 +90,7 @@ impl Default for EngineSection {
             profile_ttl: Duration::from_secs(7 * 86_400),
             survey_attribution: Duration::from_secs(7 * 86_400),
             idle_advance: Duration::from_secs(10),
+            max_profiles: 1_000_000,
         }
     }
 }
@@ -526,6 +531,9 @@ impl Config {
         let positive = |d: Duration| !d.is_zero();
 
         let e = &self.engine;
+        if e.max_profiles < 1 {
+            err("engine.max_profiles".into(), "must be at least 1".into());
+        }
         if !positive(e.dedup_window) {
             err(
                 "engine.dedup_window".into(),
@@ -896,5 +904,26 @@ type_weight = { bogus = 1.0 }
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_example_shows_the_service_defaults() {
+        let (e, d) = (Config::example(), Config::default());
+        assert_eq!(e.kafka.brokers, d.kafka.brokers);
+        assert_eq!(e.kafka.group_id, d.kafka.group_id);
+        assert_eq!(e.topics.input, d.topics.input);
+        assert_eq!(
+            [&e.topics.alerts, &e.topics.journeys, &e.topics.dead_letter],
+            [&d.topics.alerts, &d.topics.journeys, &d.topics.dead_letter]
+        );
+        assert_eq!(e.input.format, d.input.format);
+        assert_eq!(e.output.format, d.output.format);
+        assert_eq!(e.service.shutdown_timeout, d.service.shutdown_timeout);
+        assert_eq!(e.service.max_in_flight, d.service.max_in_flight);
+        assert_eq!(e.service.shard_queue, d.service.shard_queue);
+        assert_eq!(e.http.listen, d.http.listen);
+        assert_eq!(e.metrics.segments, d.metrics.segments);
+        assert_eq!(e.engine.idle_advance, d.engine.idle_advance);
+        assert_eq!(e.engine.max_profiles, d.engine.max_profiles);
     }
 }

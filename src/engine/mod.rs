@@ -40,6 +40,7 @@ pub struct Rules {
     pub dedup_window: Millis,
     pub profile_ttl: Millis,
     pub survey_attribution: Millis,
+    pub max_profiles: usize,
 }
 
 impl Rules {
@@ -54,6 +55,7 @@ impl Rules {
             dedup_window: millis(c.engine.dedup_window),
             profile_ttl: millis(c.engine.profile_ttl),
             survey_attribution: millis(c.engine.survey_attribution),
+            max_profiles: c.engine.max_profiles,
         }
     }
 }
@@ -82,6 +84,8 @@ pub struct EngineStats {
     pub unknown_action: u64,
     pub profiles_created: u64,
     pub profiles_expired: u64,
+    /// Profiles evicted because the shard held `max_profiles`.
+    pub profiles_evicted: u64,
     pub identity_links: u64,
     pub identity_merges: u64,
     pub guardrail_never_link: u64,
@@ -263,6 +267,9 @@ impl Engine {
                     self.free_parked.push(slot);
                     self.maybe_sweep(t);
                     self.apply(event, out);
+                    if self.profile_count() > self.rules.max_profiles {
+                        self.evict(t, out);
+                    }
                 }
                 _ => break,
             }
@@ -521,6 +528,49 @@ impl Engine {
     }
 
     // ------------------------------------------------------------ retention
+
+    /// Makes room when the shard holds more than `max_profiles`: evicts the longest-idle 1% (at
+    /// least one; the profile just touched is the most recent, so never it), closing their open journeys as `expired` at `now`. Ties go by slot, so the choice
+    /// is deterministic. Scanning every profile once per 1% of the cap keeps the cost at about
+    /// a hundred comparisons per new profile, paid only at the cap.
+    fn evict(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let mut idle: Vec<(Millis, u32)> = self
+            .profiles
+            .iter()
+            .enumerate()
+            .filter_map(|(s, p)| p.as_ref().map(|p| (p.last_seen, s as u32)))
+            .collect();
+        let n = (self.rules.max_profiles / 100).clamp(1, idle.len());
+        if n < idle.len() {
+            idle.select_nth_unstable(n - 1);
+        }
+        idle.truncate(n);
+        idle.sort_unstable();
+        for (_, slot) in idle {
+            let Some(mut p) = self.profiles[slot as usize].take() else {
+                continue;
+            };
+            for idx in (0..p.open.len()).rev() {
+                let def = &self.rules.catalog.journeys[usize::from(p.open[idx].journey)];
+                close(
+                    &mut p,
+                    idx,
+                    def,
+                    &self.symbols,
+                    &mut self.stats,
+                    JourneyOutcome::Expired,
+                    now,
+                    out,
+                );
+            }
+            for k in p.keys {
+                self.index.remove_if(k, slot);
+            }
+            self.free.push(slot);
+            self.stats.profiles_evicted += 1;
+        }
+        // Their timers find nothing when they fire (they check the instance id).
+    }
 
     /// Forgets profiles idle for `profile_ttl` with nothing open. Runs at item times (not at
     /// watermark moves), so it happens at the same points whatever the arrival order.

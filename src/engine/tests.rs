@@ -652,3 +652,41 @@ fn state_structs_stay_small() {
     assert!(std::mem::size_of::<Instance>() <= 144);
     assert!(std::mem::size_of::<Option<Profile>>() <= 112);
 }
+
+#[test]
+fn at_max_profiles_the_longest_idle_profile_is_evicted_and_its_journey_expires() {
+    let config = CONFIG.replace("[engine]\n", "[engine]\nmax_profiles = 3\n");
+    let mut r = Run::new(&config);
+    r.feed([
+        web("a1", 0.0, "a", "cart.view"),
+        web("b1", 10.0, "b", "cart.view"),
+        web("c1", 20.0, "c", "cart.view"),
+        web("a2", 30.0, "a", "checkout.start"), // a is now more recent than b
+        web("d1", 40.0, "d", "cart.view"),      // a fourth profile: b (idle longest) goes
+        web("z", 100.0, "z", "home"),
+    ]);
+    assert_eq!(r.engine.stats().profiles_evicted, 1);
+    assert_eq!(r.engine.profile_count(), 3);
+    let j = r.journeys();
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].outcome, JourneyOutcome::Expired);
+    assert_eq!(j[0].profile_id, "b");
+    assert_eq!(j[0].ended_at, T0 + 40_000);
+    // b's drop-off timer finds nothing; the others still drop off.
+    r.drain();
+    let drops: Vec<_> = r
+        .of(AlertType::DropOff)
+        .iter()
+        .map(|a| a.profile_id.to_string())
+        .collect();
+    assert!(!drops.contains(&"b".to_string()), "{drops:?}");
+    assert_eq!(
+        r.engine.stats().profiles_evicted,
+        2,
+        "z's arrival evicted one more"
+    );
+    // b comes back: a new profile, nothing of the old state.
+    let mut r2 = Run::new(&config);
+    r2.feed([web("b1", 0.0, "b", "cart.view")]);
+    assert_eq!(r2.engine.stats().profiles_evicted, 0);
+}

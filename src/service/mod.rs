@@ -44,6 +44,9 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
         .set("auto.commit.interval.ms", "1000")
         // Consumer lag and broker health for the metrics, every 5 s.
         .set("statistics.interval.ms", "5000")
+        // Incremental rebalancing: when an instance joins or leaves, only the partitions that
+        // move are revoked; the others keep their shards and state.
+        .set("partition.assignment.strategy", "cooperative-sticky")
         // At most ~16 MiB fetched ahead per consumer: bounded memory under backpressure.
         .set("queued.max.messages.kbytes", "16384");
     for (k, v) in c.kafka.common.0.iter().chain(&c.kafka.consumer.0) {
