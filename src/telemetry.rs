@@ -162,6 +162,7 @@ fn or_none(s: &str) -> String {
 pub struct ShardMetrics {
     topic: String,
     partition: String,
+    consumed: u64,
     events: [[u64; 9]; 11],
     last: EngineStats,
     labels: Labels,
@@ -173,6 +174,7 @@ impl ShardMetrics {
         ShardMetrics {
             topic: topic.into(),
             partition: partition.to_string(),
+            consumed: 0,
             events: [[0; 9]; 11],
             last: EngineStats::default(),
             labels,
@@ -184,8 +186,8 @@ impl ShardMetrics {
         self.events[channel as usize][action as usize] += 1;
     }
 
-    pub fn consumed(&self) {
-        counter!("cx_messages_consumed_total", "topic" => self.topic.clone()).increment(1);
+    pub fn consumed(&mut self) {
+        self.consumed += 1;
     }
 
     pub fn rejected(&self, reason: &'static str) {
@@ -240,6 +242,8 @@ impl ShardMetrics {
 
     /// Publishes what accumulated since the last call (called about once a second).
     pub fn publish(&mut self, engine: &Engine, catalog: &Catalog, watermark_lag: Option<Duration>) {
+        counter!("cx_messages_consumed_total", "topic" => self.topic.clone())
+            .increment(std::mem::take(&mut self.consumed));
         for (c, row) in self.events.iter_mut().enumerate() {
             for (a, n) in row.iter_mut().enumerate() {
                 if *n > 0 {
@@ -284,18 +288,14 @@ impl ShardMetrics {
             gauge!("cx_journeys_active", "journey" => name.clone())
                 .increment(started as f64 - gone as f64);
             for (k, step) in def.steps.iter().enumerate() {
-                let now = s
-                    .steps_reached
-                    .get(j)
-                    .and_then(|v| v.get(k))
-                    .copied()
-                    .unwrap_or(0);
-                let before = l
-                    .steps_reached
-                    .get(j)
-                    .and_then(|v| v.get(k))
-                    .copied()
-                    .unwrap_or(0);
+                let reached = |st: &EngineStats| {
+                    st.steps_reached
+                        .get(j)
+                        .and_then(|v| v.get(k))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                let (now, before) = (reached(s), reached(l));
                 if now > before {
                     counter!("cx_journey_steps_reached_total", "journey" => name.clone(), "step" => step.to_string()).increment(now - before);
                 }
@@ -457,6 +457,10 @@ pub fn describe(catalog: &Catalog, output_topics: &[&str]) {
     describe_counter!(
         "cx_identity_links_total",
         "Identifiers linked into an existing profile."
+    );
+    describe_counter!(
+        "cx_profiles_evicted_total",
+        "Profiles evicted at engine.max_profiles (their open journeys closed as expired)."
     );
     describe_counter!(
         "cx_identity_merges_total",

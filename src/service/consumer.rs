@@ -181,12 +181,12 @@ impl Ctx {
     fn dispatch(
         &self,
         consumer: &BaseConsumer<Ctx>,
-        topic: &str,
+        topic: &Arc<str>,
         partition: i32,
         msg: ShardMsg,
     ) -> bool {
         let mut shards = self.shards();
-        let key = (Arc::from(topic), partition);
+        let key = (topic.clone(), partition);
         if !shards.contains_key(&key) {
             // A message before the assignment callback was seen: should not happen, but the
             // message must not be lost.
@@ -361,6 +361,8 @@ pub(crate) fn consume(consumer: BaseConsumer<Ctx>, topics: &[String], stop: &Ato
         return false;
     }
     let ctx = consumer.context();
+    // Topic names as shared strings: no allocation per message to find its shard.
+    let mut names: Vec<Arc<str>> = topics.iter().map(|t| Arc::from(t.as_str())).collect();
     let mut last_store = Instant::now();
     let mut stashed = false;
     let mut last_error: Option<Instant> = None;
@@ -381,7 +383,15 @@ pub(crate) fn consume(consumer: BaseConsumer<Ctx>, topics: &[String], stop: &Ato
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
                 };
-                let (topic, partition) = (m.topic().to_string(), m.partition());
+                let topic = match names.iter().find(|t| ***t == *m.topic()) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t: Arc<str> = Arc::from(m.topic());
+                        names.push(t.clone());
+                        t
+                    }
+                };
+                let partition = m.partition();
                 drop(m);
                 stashed |= ctx.dispatch(&consumer, &topic, partition, msg);
             }
