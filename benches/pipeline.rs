@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo bench --bench pipeline` (librdkafka's in-process mock cluster), or with
 //! `CXSTREAM_BENCH_BROKERS=host:port` for an external broker. `CXSTREAM_BENCH_EVENTS`
-//! (default 400,000) events of the simulator's mix over 4 partitions, protobuf encoded.
+//! (default 100,000) events of the simulator's mix over 4 partitions, protobuf encoded.
 //! `CXSTREAM_BENCH_WORKERS` sets the runtime's worker threads (default: all cores).
 
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ fn partition_of(key: &str) -> i32 {
 }
 
 fn main() {
-    let n: usize = env_or("CXSTREAM_BENCH_EVENTS", 400_000);
+    let n: usize = env_or("CXSTREAM_BENCH_EVENTS", 100_000);
     let workers: usize = env_or(
         "CXSTREAM_BENCH_WORKERS",
         std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -137,24 +137,20 @@ fn main() {
                 encode(&s, OutputFormat::Protobuf),
             ));
         }
-        for (p, key, payload) in &events {
-            per_partition[*p as usize] += 1;
-            loop {
+        // In chunks that fit the producer's queue, each awaited before the next.
+        for chunk in events.chunks(50_000) {
+            for (p, key, payload) in chunk {
+                per_partition[*p as usize] += 1;
                 let r = FutureRecord::to(&input)
                     .partition(*p)
                     .key(key)
                     .payload(payload);
-                match producer.send_result(r) {
-                    Ok(d) => {
-                        deliveries.push(d);
-                        break;
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
+                deliveries.push(producer.send_result(r).map_err(|e| e.0).unwrap());
             }
-        }
-        for d in deliveries {
-            d.await.unwrap().unwrap();
+            for d in deliveries.drain(..) {
+                d.await.unwrap().unwrap();
+            }
+            eprintln!("pre-produced {} events", per_partition.iter().sum::<i64>());
         }
         let total: i64 = per_partition.iter().sum();
 
