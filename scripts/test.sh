@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 # Benchmarks run once each (criterion's test mode) on a tiny data set.
 export CXSTREAM_BENCH_PROFILES="${CXSTREAM_BENCH_PROFILES:-2000}"
+export CXSTREAM_BENCH_EVENTS="${CXSTREAM_BENCH_EVENTS:-3000}"
 log=$(mktemp)
 broker_log=$(mktemp)
 broker_pid=""
