@@ -247,9 +247,9 @@ impl Ctx {
                 }
             }
             if h.stash.is_empty() && h.paused {
-                // Fetching resumes at the next offset not yet handed over. Without the seek,
-                // librdkafka may resume past messages it had fetched and dropped while the
-                // partition was paused (seen against a real broker): they would be lost.
+                // Fetching resumes explicitly at the next offset not yet handed over, rather
+                // than wherever librdkafka's fetcher stood when the partition was paused
+                // (messages it had fetched meanwhile are dropped on pause).
                 if let Err(e) = consumer.seek(
                     topic,
                     *partition,
