@@ -64,6 +64,7 @@ fn main() {
     config.topics.dead_letter = format!("bench-dlq-{tag}");
     config.http.listen = "127.0.0.1:0".into();
     config.engine.idle_advance = Duration::from_secs(3600);
+    config.service.shard_queue = env_or("CXSTREAM_BENCH_SHARD_QUEUE", config.service.shard_queue);
     config
         .kafka
         .consumer

@@ -108,6 +108,9 @@ async fn setup(broker: &Broker, n: &Names, partitions: i32) -> Config {
     // Idle advance would make outputs depend on the wall clock; the sentinels do its job.
     c.engine.idle_advance = Duration::from_secs(3600);
     c.http.listen = "127.0.0.1:0".into();
+    // A small shard queue, so that the backpressure path (hold back, pause, seek, resume)
+    // runs in every test.
+    c.service.shard_queue = 64;
     let consumer = &mut c.kafka.consumer.0;
     consumer.insert("auto.commit.interval.ms".into(), "100".into());
     consumer.insert("session.timeout.ms".into(), "6000".into());

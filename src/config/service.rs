@@ -149,7 +149,9 @@ pub struct ServiceSection {
     /// Outputs a shard may have waiting for broker acknowledgement before it stops taking
     /// input (backpressure).
     pub max_in_flight: usize,
-    /// Messages queued between the consumer and one shard.
+    /// Messages queued between the consumer and one shard (and as many more held back before
+    /// the partition is paused). Large enough that a shard catching up on a backlog does not
+    /// make its partition flap between paused and fetching (each resume refetches).
     pub shard_queue: usize,
 }
 
@@ -158,7 +160,7 @@ impl Default for ServiceSection {
         ServiceSection {
             shutdown_timeout: Duration::from_secs(30),
             max_in_flight: 10_000,
-            shard_queue: 1_024,
+            shard_queue: 8_192,
         }
     }
 }

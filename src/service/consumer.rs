@@ -203,31 +203,34 @@ impl Ctx {
             telemetry::offset_gap(topic, partition, h.next, msg.offset);
         }
         h.next = msg.offset + 1;
-        if !h.stash.is_empty() {
-            h.stash.push_back(msg);
-            return true;
-        }
-        match h.tx.try_send(msg) {
-            Ok(()) => false,
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                h.stash.push_back(msg);
-                if !h.paused {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(topic, partition);
-                    h.paused = consumer.pause(&tpl).is_ok();
-                    telemetry::backpressure(topic, partition, h.paused);
+        let msg = if h.stash.is_empty() {
+            match h.tx.try_send(msg) {
+                Ok(()) => return false,
+                Err(mpsc::error::TrySendError::Full(msg)) => msg,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.shard_died(topic, partition);
+                    return false;
                 }
-                true
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.shard_died(topic, partition);
-                false
-            }
+        } else {
+            msg
+        };
+        h.stash.push_back(msg);
+        // The stash absorbs short bursts; only a shard that stays behind gets its partition
+        // paused. Pausing drops what librdkafka prefetched and resuming refetches it, so
+        // pausing at the first full queue made the partition flap (end to end 2-4x slower,
+        // BENCHMARKS.md). Buffered per shard: at most `shard_queue` queued + as many stashed.
+        if h.stash.len() >= self.shard_queue && !h.paused {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            h.paused = consumer.pause(&tpl).is_ok();
+            telemetry::backpressure(topic, partition, h.paused);
         }
+        true
     }
 
     /// Moves stashed messages into shard queues that have room; resumes drained partitions.
-    /// Returns whether anything is still stashed.
+    /// Returns whether anything is still stashed or paused.
     fn unstash(&self, consumer: &BaseConsumer<Ctx>) -> bool {
         let mut shards = self.shards();
         let mut any = false;
@@ -263,7 +266,7 @@ impl Ctx {
                 tpl.add_partition(topic, *partition);
                 h.paused = consumer.resume(&tpl).is_err();
             }
-            any |= !h.stash.is_empty();
+            any |= !h.stash.is_empty() || h.paused;
         }
         any
     }
