@@ -40,8 +40,13 @@ pub fn alert_line(a: &Alert) -> String {
         _ => "(profile)".to_string(),
     };
     let channels: Vec<&str> = a.channels.iter().map(|c| c.as_str()).collect();
+    let via = if channels.is_empty() {
+        String::new()
+    } else {
+        format!(" via {}", channels.join(">"))
+    };
     format!(
-        "{} {:<8} {:<18} {:<40} {} [{}{}] score {:.1} via {}",
+        "{} {:<8} {:<18} {:<40} {} [{}{}] score {:.1}{via}",
         crate::event::format_millis(a.occurred_at),
         a.severity.as_str().to_uppercase(),
         a.alert_type.as_str(),
@@ -54,7 +59,6 @@ pub fn alert_line(a: &Alert) -> String {
             format!("/{}", a.segment)
         },
         a.score,
-        channels.join(">"),
     )
 }
 
