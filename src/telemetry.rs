@@ -348,9 +348,11 @@ fn survey(
     histogram!("cx_survey_score", "journey" => journey.to_string(), "kind" => kind, "outcome" => outcome, "friction" => friction).record(f64::from(score));
 }
 
-/// Rough state size: measured bytes per profile and per open journey (BENCHMARKS.md).
+/// Rough state size: ~490 bytes per profile (measured with an open journey by
+/// `cargo bench --bench memory`, BENCHMARKS.md), plus estimates of ~300 bytes per event in
+/// the reorder buffer and 32 per scheduled timer.
 fn approx_state_bytes(engine: &Engine) -> u64 {
-    engine.profile_count() as u64 * 350
+    engine.profile_count() as u64 * 490
         + engine.buffered() as u64 * 300
         + engine.scheduled_timers() as u64 * 32
 }

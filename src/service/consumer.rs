@@ -128,13 +128,13 @@ impl Ctx {
             return true;
         }
         let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(keys.len());
-        let mut waiting = HashMap::new();
+        let mut waiting = std::collections::HashSet::new();
         for key in keys {
             if let Some(h) = shards.remove(&key) {
                 // Stashed messages are not processed: they stay uncommitted and are read
                 // again by the partition's next owner.
                 let _ = h.stop.send(reply_tx.clone());
-                waiting.insert(key, ());
+                waiting.insert(key);
             }
         }
         drop(shards);
@@ -151,7 +151,7 @@ impl Ctx {
                 let _ = tpl.add_partition_offset(&exit.topic, exit.partition, Offset::Offset(next));
             }
         }
-        for (topic, partition) in waiting.keys() {
+        for (topic, partition) in &waiting {
             telemetry::shard_stop_timed_out(topic, *partition);
         }
         if tpl.count() > 0 {
@@ -244,8 +244,7 @@ impl Ctx {
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
                         h.stash.clear();
-                        self.failed.store(true, Ordering::Release);
-                        telemetry::shard_died(topic, *partition);
+                        self.shard_died(topic, *partition);
                     }
                 }
             }

@@ -109,8 +109,9 @@ impl Service {
         let (status_tx, status) = watch::channel(Status::default());
         let metrics = telemetry::prometheus();
         let t = &config.topics;
+        // The shards' compiled catalog names the journey series (compiled once).
         telemetry::describe(
-            &crate::journey::Catalog::new(&config.journeys),
+            &env.rules.catalog,
             &[&t.alerts, &t.journeys, &t.dead_letter],
         );
         let upkeep = metrics.clone();
