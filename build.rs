@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/cx/v1/event.proto",
         "proto/cx/v1/alert.proto",
         "proto/cx/v1/journey.proto",
+        "proto/cx/v1/state.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -15,7 +15,7 @@ use crate::event::{millis, Channel, ChannelSet, Millis, Survey};
 pub const RECENT_EVENTS: usize = 3;
 
 /// Sentinel for "step not entered" in [`StepState::first`].
-const NOT_ENTERED: u32 = u32::MAX;
+pub(crate) const NOT_ENTERED: u32 = u32::MAX;
 
 /// A journey definition, compiled for fast matching.
 #[derive(Debug, Clone)]
@@ -107,7 +107,7 @@ impl Catalog {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepState {
     /// First entry, in ms after the instance started (saturating at ~49 days); NOT_ENTERED if never.
-    first: u32,
+    pub(crate) first: u32,
     /// How many times the step was entered (saturating).
     pub entries: u8,
 }

@@ -14,6 +14,7 @@ impl Engine {
     pub(super) fn apply(&mut self, e: Event, out: &mut Vec<Output>) {
         let t = e.occurred_at;
         let slot = self.resolve(&e, t);
+        self.touch(slot);
         let mut touched = std::mem::take(&mut self.touched);
         touched.clear();
         let Engine {

@@ -143,6 +143,8 @@ pub struct Engine {
     keys: Vec<Key>,
     slots: Vec<u32>,
     touched: Vec<(usize, u8, Activity)>,
+    /// What changed since the last checkpoint (see [`snapshot`]); `None` unless tracking.
+    changes: Option<snapshot::Changes>,
 }
 
 impl Engine {
@@ -165,6 +167,7 @@ impl Engine {
             keys: Vec::new(),
             slots: Vec::new(),
             touched: Vec::new(),
+            changes: None,
         }
     }
 
@@ -265,6 +268,9 @@ impl Engine {
                         break;
                     };
                     self.free_parked.push(slot);
+                    if let Some(c) = &mut self.changes {
+                        c.applied(t, xxh3_64(event.event_id.as_bytes()));
+                    }
                     self.maybe_sweep(t);
                     self.apply(event, out);
                     if self.profile_count() > self.rules.max_profiles {
@@ -295,7 +301,7 @@ impl Engine {
 
     fn new_profile(&mut self, p: Profile) -> u32 {
         self.stats.profiles_created += 1;
-        match self.free.pop() {
+        let slot = match self.free.pop() {
             Some(s) => {
                 self.profiles[s as usize] = Some(p);
                 s
@@ -304,6 +310,15 @@ impl Engine {
                 self.profiles.push(Some(p));
                 (self.profiles.len() - 1) as u32
             }
+        };
+        self.touch(slot);
+        slot
+    }
+
+    /// Notes that the profile in `slot` changed (or was removed) since the last checkpoint.
+    fn touch(&mut self, slot: u32) {
+        if let Some(c) = &mut self.changes {
+            c.touch(slot);
         }
     }
 
@@ -411,6 +426,7 @@ impl Engine {
             return;
         };
         self.free.push(from);
+        self.touch(from);
         self.stats.identity_merges += 1;
         for &k in &other.keys {
             self.index.set(k, into);
@@ -461,6 +477,7 @@ impl Engine {
     // ------------------------------------------------------------ timers
 
     fn fire(&mut self, timer: Timer, out: &mut Vec<Output>) {
+        self.touch(timer.slot);
         let Engine {
             rules,
             profiles,
@@ -567,6 +584,7 @@ impl Engine {
                 self.index.remove_if(k, slot);
             }
             self.free.push(slot);
+            self.touch(slot);
             self.stats.profiles_evicted += 1;
         }
         // Their timers find nothing when they fire (they check the instance id).
@@ -592,6 +610,7 @@ impl Engine {
                     self.index.remove_if(k, slot as u32);
                 }
                 self.free.push(slot as u32);
+                self.touch(slot as u32);
                 self.stats.profiles_expired += 1;
             }
         }
@@ -626,6 +645,7 @@ fn close(
 }
 
 mod apply;
+pub mod snapshot;
 mod timers;
 
 use timers::{Timer, TimerQueue, DROP_OFF};

@@ -1,0 +1,612 @@
+//! Durable engine state: what changed since the last checkpoint, as changelog records, and an
+//! engine rebuilt from those records. Pure: the service writes the records to a compacted
+//! topic and reads them back; tests and the restore benchmark feed them in memory.
+//!
+//! A checkpoint is incremental. It holds a record per profile slot that changed (its state, or
+//! a tombstone when the slot was freed), one batch of the event ids applied since the previous
+//! checkpoint (the duplicate filter), tombstones for batches the dedup window has passed, and
+//! last the shard's meta record (watermark, slot count, input offset). A restore applies the
+//! records of complete checkpoints only: whatever follows the last meta record of a partition
+//! is a checkpoint that never finished, and is ignored (and overwritten by the next one).
+//!
+//! What is *not* stored, because it can be rebuilt: the identity index (from each profile's
+//! keys), the timers (from each open instance: drop-off at last activity + `abandon_after`,
+//! slow step at first entry + SLA, for those not yet due), interned labels, and the reorder
+//! buffer: its events are read again from the input, from the meta record's `input_offset`
+//! (the oldest event not yet applied). Events after it that *were* applied are in the
+//! restored duplicate filter, which holds applied events only, so they are not applied twice.
+
+use compact_str::CompactString;
+use hashbrown::HashMap;
+use prost::Message;
+
+use super::{Engine, Rules, Timer, DROP_OFF};
+use crate::alert::{AlertType, JourneyOutcome};
+use crate::event::{Millis, Survey, SurveyKind};
+use crate::journey::{Instance, InstanceExtra, Recent, StepState};
+use crate::profile::{Closed, Profile, ProfileExtra};
+use crate::proto::state as pb;
+
+/// What identifies a changelog record within one input partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StateKey {
+    Profile(u32),
+    Dedup(u64),
+    Meta,
+}
+
+impl StateKey {
+    /// The record key: `<topic>/p<slot>`, `<topic>/d<seq>` or `<topic>/m`. The topic prefix
+    /// keeps shards of different input topics apart in a shared changelog partition.
+    pub fn encode(self, topic: &str) -> Vec<u8> {
+        match self {
+            StateKey::Profile(s) => format!("{topic}/p{s}"),
+            StateKey::Dedup(n) => format!("{topic}/d{n}"),
+            StateKey::Meta => format!("{topic}/m"),
+        }
+        .into_bytes()
+    }
+
+    /// Parses a record key of `topic`; `None` for another topic's records or a foreign key.
+    pub fn parse(topic: &str, key: &[u8]) -> Option<StateKey> {
+        let rest = std::str::from_utf8(key).ok()?.strip_prefix(topic)?;
+        let rest = rest.strip_prefix('/')?;
+        match rest.split_at_checked(1)? {
+            ("m", "") => Some(StateKey::Meta),
+            ("p", n) => n.parse().ok().map(StateKey::Profile),
+            ("d", n) => n.parse().ok().map(StateKey::Dedup),
+            _ => None,
+        }
+    }
+}
+
+/// One changelog record: a key and its new value (`None`: tombstone).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRecord {
+    pub key: StateKey,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Where the input stands at a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InputPosition {
+    /// Next input offset to read after a restore: the oldest event not yet applied.
+    pub resume_at: i64,
+    /// Offsets below this were read already: a replay does not dead-letter them again.
+    pub replay_until: i64,
+}
+
+/// Change tracking, switched on by [`Engine::track_changes`].
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    dirty: Vec<u32>,
+    marked: Vec<bool>,
+    /// (event time, id hash) of events applied since the last checkpoint.
+    applied: Vec<(Millis, u64)>,
+    /// Live dedup batches: (sequence number, latest event time in it).
+    batches: std::collections::VecDeque<(u64, Millis)>,
+    next_batch: u64,
+    /// Keys of an unfinished checkpoint found at restore, to be overwritten.
+    stale: Vec<StateKey>,
+}
+
+impl Changes {
+    pub(super) fn touch(&mut self, slot: u32) {
+        let i = slot as usize;
+        if i >= self.marked.len() {
+            self.marked.resize(i + 1, false);
+        }
+        if !self.marked[i] {
+            self.marked[i] = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    pub(super) fn applied(&mut self, t: Millis, id: u64) {
+        self.applied.push((t, id));
+    }
+}
+
+/// What a restore found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    pub records: u64,
+    pub bytes: u64,
+    pub profiles: u64,
+    pub open_journeys: u64,
+    /// Instances of journeys no longer configured (or whose steps changed): dropped.
+    pub dropped_journeys: u64,
+    /// Records of an unfinished checkpoint, ignored.
+    pub ignored: u64,
+    /// Where to read the input from; `None` when there was no state.
+    pub position: Option<InputPosition>,
+}
+
+/// A restore in progress: feed it a partition's records in log order, then [`Restore::finish`].
+#[derive(Default)]
+pub struct Restore {
+    profiles: HashMap<u32, Option<Vec<u8>>>,
+    batches: HashMap<u64, Option<Vec<u8>>>,
+    meta: Option<pb::ShardMeta>,
+    /// Records since the last meta record: applied when the next meta arrives.
+    staged: Vec<(StateKey, Option<Vec<u8>>)>,
+    report: RestoreReport,
+}
+
+/// A changelog record that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("changelog record {key:?} is not valid shard state: {source}")]
+pub struct StateError {
+    key: StateKey,
+    source: prost::DecodeError,
+}
+
+impl Restore {
+    pub fn new() -> Restore {
+        Restore::default()
+    }
+
+    /// One record, in log order. A meta record completes the checkpoint it ends.
+    pub fn feed(&mut self, key: StateKey, value: Option<Vec<u8>>) -> Result<(), StateError> {
+        self.report.records += 1;
+        self.report.bytes += value.as_ref().map_or(0, |v| v.len() as u64);
+        if key != StateKey::Meta {
+            self.staged.push((key, value));
+            return Ok(());
+        }
+        let bytes = value.unwrap_or_default();
+        let meta =
+            pb::ShardMeta::decode(bytes.as_slice()).map_err(|source| StateError { key, source })?;
+        for (k, v) in self.staged.drain(..) {
+            match k {
+                StateKey::Profile(s) => {
+                    self.profiles.insert(s, v);
+                }
+                StateKey::Dedup(n) => {
+                    self.batches.insert(n, v);
+                }
+                StateKey::Meta => {}
+            }
+        }
+        self.meta = Some(meta);
+        Ok(())
+    }
+
+    /// Builds the engine. It tracks changes from here on; keys of an unfinished checkpoint are
+    /// rewritten by its first checkpoint.
+    pub fn finish(self, rules: Rules) -> Result<(Engine, RestoreReport), StateError> {
+        let mut report = self.report;
+        report.ignored = self.staged.len() as u64;
+        let mut engine = Engine::new(rules);
+        engine.track_changes();
+        let Some(meta) = self.meta else {
+            // No finished checkpoint: start empty, but clear what an unfinished one wrote.
+            let c = engine.changes.as_mut().expect("tracking");
+            c.stale = self.staged.iter().map(|(k, _)| *k).collect();
+            return Ok((engine, report));
+        };
+        report.position = Some(InputPosition {
+            resume_at: meta.input_offset,
+            replay_until: meta.replay_until,
+        });
+        engine.watermark = meta.watermark;
+        engine.max_seen = meta.max_seen;
+        engine.next_sweep = meta.next_sweep;
+        let catalog = engine.rules.catalog.clone();
+        let journeys: HashMap<&str, u16> = catalog
+            .journeys
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.name.as_str(), i as u16))
+            .collect();
+        let slots = meta.slots as usize;
+        let mut profiles: Vec<Option<Profile>> = Vec::with_capacity(slots);
+        profiles.resize_with(slots, || None);
+        for (slot, value) in self.profiles {
+            let (Some(bytes), Some(place)) = (value, profiles.get_mut(slot as usize)) else {
+                continue;
+            };
+            let key = StateKey::Profile(slot);
+            let state = pb::ProfileState::decode(bytes.as_slice())
+                .map_err(|source| StateError { key, source })?;
+            let (p, dropped) = profile_from(state, &journeys, &engine.rules, &mut engine.symbols);
+            report.dropped_journeys += dropped;
+            *place = Some(p);
+        }
+        let mut dedup: Vec<(u64, pb::DedupBatch)> = Vec::new();
+        for (seq, value) in self.batches {
+            if let Some(bytes) = value {
+                let key = StateKey::Dedup(seq);
+                let b = pb::DedupBatch::decode(bytes.as_slice())
+                    .map_err(|source| StateError { key, source })?;
+                dedup.push((seq, b));
+            }
+        }
+        dedup.sort_by_key(|(seq, _)| *seq);
+        let c = engine.changes.as_mut().expect("tracking");
+        c.next_batch = meta.dedup_seq;
+        for (seq, b) in &dedup {
+            for (t, id) in b.times.iter().zip(&b.ids) {
+                engine.dedup.insert(*t, *id);
+            }
+            c.batches.push_back((*seq, b.max_time));
+        }
+        engine.dedup.expire(engine.watermark);
+        for (k, _) in &self.staged {
+            match *k {
+                StateKey::Profile(s) if (s as usize) < slots => c.touch(s),
+                StateKey::Dedup(n) if c.batches.iter().any(|b| b.0 == n) => {}
+                k => c.stale.push(k),
+            }
+        }
+        for (slot, p) in profiles.iter().enumerate() {
+            match p {
+                None => engine.free.push(slot as u32),
+                Some(p) => {
+                    report.profiles += 1;
+                    report.open_journeys += p.open.len() as u64;
+                    for &k in &p.keys {
+                        engine.index.set(k, slot as u32);
+                    }
+                }
+            }
+        }
+        // Lowest free slot first.
+        engine.free.reverse();
+        engine.profiles = profiles;
+        for slot in 0..engine.profiles.len() {
+            engine.arm_restored(slot as u32);
+        }
+        Ok((engine, report))
+    }
+}
+
+impl Engine {
+    /// Starts recording what changes, for [`Engine::checkpoint`].
+    pub fn track_changes(&mut self) {
+        if self.changes.is_none() {
+            let mut c = Changes::default();
+            // Everything held so far is new to the changelog.
+            for (slot, p) in self.profiles.iter().enumerate() {
+                if p.is_some() {
+                    c.touch(slot as u32);
+                }
+            }
+            self.changes = Some(c);
+        }
+    }
+
+    /// Profile slots changed since the last checkpoint.
+    pub fn changed_profiles(&self) -> usize {
+        self.changes.as_ref().map_or(0, |c| c.dirty.len())
+    }
+
+    /// The records that bring the changelog up to date with this engine, meta record last.
+    /// Call with the input position the state reflects. Starts tracking if it was off.
+    pub fn checkpoint(&mut self, position: InputPosition) -> Vec<StateRecord> {
+        self.track_changes();
+        let mut c = self.changes.take().expect("tracking");
+        let mut out = Vec::with_capacity(c.dirty.len() + c.stale.len() + 3);
+        for key in c.stale.drain(..) {
+            out.push(StateRecord { key, value: None });
+        }
+        let mut buf = Vec::new();
+        for slot in c.dirty.drain(..) {
+            c.marked[slot as usize] = false;
+            let value = self
+                .profiles
+                .get(slot as usize)
+                .and_then(|p| p.as_ref())
+                .map(|p| {
+                    buf.clear();
+                    profile_to(p, &self.rules, &self.symbols)
+                        .encode(&mut buf)
+                        .expect("vec grows");
+                    buf.clone()
+                });
+            out.push(StateRecord {
+                key: StateKey::Profile(slot),
+                value,
+            });
+        }
+        if !c.applied.is_empty() {
+            let batch = pb::DedupBatch {
+                max_time: c.applied.iter().map(|a| a.0).max().unwrap_or(Millis::MIN),
+                times: c.applied.iter().map(|a| a.0).collect(),
+                ids: c.applied.iter().map(|a| a.1).collect(),
+            };
+            c.applied.clear();
+            let seq = c.next_batch;
+            c.next_batch += 1;
+            c.batches.push_back((seq, batch.max_time));
+            out.push(StateRecord {
+                key: StateKey::Dedup(seq),
+                value: Some(batch.encode_to_vec()),
+            });
+        }
+        // A batch is dropped once every id in it is past the window (the filter forgot them).
+        let horizon = self.watermark.saturating_sub(self.rules.dedup_window);
+        while let Some(&(seq, max_time)) = c.batches.front() {
+            if max_time >= horizon {
+                break;
+            }
+            c.batches.pop_front();
+            out.push(StateRecord {
+                key: StateKey::Dedup(seq),
+                value: None,
+            });
+        }
+        let meta = pb::ShardMeta {
+            watermark: self.watermark,
+            max_seen: self.max_seen,
+            next_sweep: self.next_sweep,
+            slots: self.profiles.len() as u32,
+            input_offset: position.resume_at,
+            replay_until: position.replay_until,
+            dedup_seq: c.next_batch,
+        };
+        out.push(StateRecord {
+            key: StateKey::Meta,
+            value: Some(meta.encode_to_vec()),
+        });
+        self.changes = Some(c);
+        out
+    }
+
+    /// Schedules the timers of a restored profile's open instances that are not yet due.
+    fn arm_restored(&mut self, slot: u32) {
+        let Some(p) = self.profiles[slot as usize].as_ref() else {
+            return;
+        };
+        for inst in &p.open {
+            let def = &self.rules.catalog.journeys[usize::from(inst.journey)];
+            self.timers.push(Timer {
+                due: inst.last + def.abandon_after,
+                instance: inst.id,
+                kind: DROP_OFF,
+                slot,
+            });
+            if !self.rules.friction.slow_step || inst.has_fired(AlertType::SlowStep) {
+                continue;
+            }
+            for (s, sla) in def.sla.iter().enumerate() {
+                if let (Some(sla), Some(first)) = (sla, inst.first_entry(s as u8)) {
+                    // Timers due before the watermark have fired already.
+                    if first + sla >= self.watermark && inst.furthest <= s as u8 {
+                        self.timers.push(Timer {
+                            due: first + sla,
+                            instance: inst.id,
+                            kind: s as u8 + 1,
+                            slot,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn stamp(key: u64, time: Millis, id: &CompactString) -> pb::Stamp {
+    pb::Stamp {
+        key,
+        time,
+        event_id: id.to_string(),
+    }
+}
+
+fn profile_to(p: &Profile, rules: &Rules, symbols: &crate::identity::Symbols) -> pb::ProfileState {
+    let mut s = pb::ProfileState {
+        id: p.id.to_string(),
+        has_customer: p.has_customer,
+        segment: symbols.name(p.segment).to_string(),
+        tier: symbols.name(p.tier).to_string(),
+        last_seen: p.last_seen,
+        keys: p.keys.clone(),
+        open: p.open.iter().map(|i| instance_to(i, rules)).collect(),
+        ..Default::default()
+    };
+    if let Some(e) = &p.extra {
+        s.closed = e
+            .closed
+            .iter()
+            .map(|c| pb::ClosedState {
+                inst: Some(instance_to(&c.inst, rules)),
+                outcome: c.outcome as u32,
+                ended: c.ended,
+                revision: c.revision,
+            })
+            .collect();
+        s.contacts = e.contacts.iter().map(|(t, id)| stamp(0, *t, id)).collect();
+        s.clicks = e
+            .clicks
+            .iter()
+            .map(|(k, t, id)| stamp(*k, *t, id))
+            .collect();
+        s.loose_errors = e
+            .loose_errors
+            .iter()
+            .map(|(k, t, id)| stamp(*k, *t, id))
+            .collect();
+        s.cooldowns = e
+            .cooldowns
+            .iter()
+            .map(|(k, until)| pb::Stamp {
+                key: *k,
+                time: *until,
+                event_id: String::new(),
+            })
+            .collect();
+    }
+    s
+}
+
+fn instance_to(i: &Instance, rules: &Rules) -> pb::InstanceState {
+    let mut s = pb::InstanceState {
+        id: i.id,
+        journey: rules.catalog.journeys[usize::from(i.journey)]
+            .name
+            .to_string(),
+        current: u32::from(i.current),
+        furthest: u32::from(i.furthest),
+        channels: u32::from(i.channels.0),
+        fired: u32::from(i.fired),
+        started: i.started,
+        last: i.last,
+        step_first: i.steps.iter().map(|s| s.first).collect(),
+        step_entries: i.steps.iter().map(|s| s.entries).collect(),
+        value: (!i.value.is_nan()).then_some(i.value),
+        ..Default::default()
+    };
+    for (step, id) in i.recent.iter() {
+        s.recent_steps.push(step);
+        s.recent_ids.push(id.to_string());
+    }
+    if let Some(e) = &i.extra {
+        s.errors = e.errors.iter().map(|(t, id)| stamp(0, *t, id)).collect();
+        s.surveys = e
+            .surveys
+            .iter()
+            .map(|(v, id)| pb::Survey {
+                kind: v.kind as u32,
+                score: v.score,
+                event_id: id.to_string(),
+            })
+            .collect();
+    }
+    s
+}
+
+/// A profile from its record, and how many of its instances belong to no configured journey.
+fn profile_from(
+    s: pb::ProfileState,
+    journeys: &HashMap<&str, u16>,
+    rules: &Rules,
+    symbols: &mut crate::identity::Symbols,
+) -> (Profile, u64) {
+    let mut dropped = 0;
+    let mut label = |v: &str| {
+        if v.is_empty() {
+            0
+        } else {
+            symbols.intern(v).unwrap_or(0)
+        }
+    };
+    let mut p = Profile {
+        id: s.id.into(),
+        has_customer: s.has_customer,
+        segment: label(&s.segment),
+        tier: label(&s.tier),
+        last_seen: s.last_seen,
+        keys: s.keys,
+        open: Vec::with_capacity(s.open.len()),
+        extra: None,
+    };
+    for i in s.open {
+        match instance_from(i, journeys, rules) {
+            Some(i) => p.open.push(i),
+            None => dropped += 1,
+        }
+    }
+    let has_extra = !(s.closed.is_empty()
+        && s.contacts.is_empty()
+        && s.clicks.is_empty()
+        && s.loose_errors.is_empty()
+        && s.cooldowns.is_empty());
+    if has_extra {
+        let e = ProfileExtra {
+            closed: s
+                .closed
+                .into_iter()
+                .filter_map(|c| {
+                    let inst = instance_from(c.inst?, journeys, rules)?;
+                    Some(Closed {
+                        inst,
+                        outcome: *JourneyOutcome::ALL.get(c.outcome as usize)?,
+                        ended: c.ended,
+                        revision: c.revision,
+                    })
+                })
+                .collect(),
+            contacts: s
+                .contacts
+                .into_iter()
+                .map(|c| (c.time, c.event_id.into()))
+                .collect(),
+            clicks: s
+                .clicks
+                .into_iter()
+                .map(|c| (c.key, c.time, c.event_id.into()))
+                .collect(),
+            loose_errors: s
+                .loose_errors
+                .into_iter()
+                .map(|c| (c.key, c.time, c.event_id.into()))
+                .collect(),
+            cooldowns: s.cooldowns.into_iter().map(|c| (c.key, c.time)).collect(),
+        };
+        p.extra = Some(Box::new(e));
+    }
+    (p, dropped)
+}
+
+fn instance_from(
+    s: pb::InstanceState,
+    journeys: &HashMap<&str, u16>,
+    rules: &Rules,
+) -> Option<Instance> {
+    let journey = *journeys.get(s.journey.as_str())?;
+    let def = &rules.catalog.journeys[usize::from(journey)];
+    if s.step_first.len() != def.steps.len() || s.step_entries.len() != def.steps.len() {
+        return None;
+    }
+    let steps: Box<[StepState]> = s
+        .step_first
+        .iter()
+        .zip(&s.step_entries)
+        .map(|(&first, &entries)| StepState { first, entries })
+        .collect();
+    let mut recent = Recent::default();
+    for (step, id) in s.recent_steps.iter().zip(s.recent_ids) {
+        recent.push(*step, id.into());
+    }
+    let extra = (!(s.errors.is_empty() && s.surveys.is_empty())).then(|| {
+        Box::new(InstanceExtra {
+            errors: s
+                .errors
+                .into_iter()
+                .map(|e| (e.time, e.event_id.into()))
+                .collect(),
+            surveys: s
+                .surveys
+                .into_iter()
+                .filter_map(|v| {
+                    let kind = *SurveyKind::ALL.get(v.kind as usize)?;
+                    Some((
+                        Survey {
+                            kind,
+                            score: v.score,
+                        },
+                        v.event_id.into(),
+                    ))
+                })
+                .collect(),
+        })
+    });
+    Some(Instance {
+        id: s.id,
+        journey,
+        current: u8::try_from(s.current).unwrap_or(u8::MAX),
+        furthest: u8::try_from(s.furthest).unwrap_or(0),
+        channels: crate::event::ChannelSet(s.channels as u16),
+        fired: s.fired as u8,
+        started: s.started,
+        last: s.last,
+        steps,
+        recent,
+        value: s.value.unwrap_or(f64::NAN),
+        extra,
+    })
+}
+
+#[cfg(test)]
+mod tests;

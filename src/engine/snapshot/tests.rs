@@ -1,0 +1,203 @@
+use super::*;
+use crate::alert::Output;
+use crate::config::Config;
+use crate::engine::Ingest;
+use crate::event::Event;
+use crate::service::ledger::Ledger;
+use crate::sim::{SimConfig, Simulator};
+
+/// The simulator's events, plus every 25th a resent earlier event id with a current time: a
+/// duplicate only the restored dedup window can recognise (its original was applied long ago).
+fn events(seed: u64, n: usize) -> Vec<Event> {
+    let mut v: Vec<Event> = Simulator::new(SimConfig {
+        seed,
+        customers: 40,
+        session_gap: 600_000,
+        disorder: 3000,
+        ..SimConfig::default()
+    })
+    .take(n)
+    .collect();
+    for i in (100..v.len()).step_by(25).rev() {
+        let mut copy = v[i - 30].clone();
+        copy.occurred_at = v[i].occurred_at;
+        v.insert(i + 1, copy);
+    }
+    v
+}
+
+fn sorted(outs: &[Output]) -> Vec<String> {
+    let mut v: Vec<String> = outs.iter().map(|o| format!("{o:?}")).collect();
+    v.sort();
+    v
+}
+
+/// Plays `events` as the input partition, checkpointing every `every` offsets into a log, and
+/// "crashes" after the offsets in `crashes`: the engine is dropped, one is restored from the
+/// log, and input is read again from the restored position. Returns every output.
+fn run(events: &[Event], every: usize, crashes: &[usize], rules: &Rules) -> Vec<Output> {
+    let mut engine = Engine::new(rules.clone());
+    engine.track_changes();
+    let mut ledger = Ledger::new();
+    let mut log: Vec<StateRecord> = Vec::new();
+    let mut out = Vec::new();
+    // Outputs since the last checkpoint are lost with a crash (they were never committed).
+    let mut committed = Vec::new();
+    let mut offset = 0usize;
+    let mut crashes = crashes.to_vec();
+    while offset < events.len() {
+        let e = events[offset].clone();
+        let t = e.occurred_at;
+        match engine.ingest(e, &mut out) {
+            Ingest::Accepted => ledger.push(offset as i64, Some(t)),
+            _ => ledger.push(offset as i64, None),
+        }
+        ledger.advance(engine.watermark());
+        offset += 1;
+        if offset % every == 0 {
+            // With nothing done yet the ledger has no position: resume at the start.
+            let position = InputPosition {
+                resume_at: ledger.done_until().unwrap_or(0),
+                replay_until: offset as i64,
+            };
+            log.extend(engine.checkpoint(position));
+            committed.append(&mut out);
+        }
+        if crashes.first() == Some(&offset) {
+            crashes.remove(0);
+            out.clear();
+            let mut r = Restore::new();
+            for rec in &log {
+                r.feed(rec.key, rec.value.clone()).unwrap();
+            }
+            let (restored, report) = r.finish(rules.clone()).unwrap();
+            let position = report.position.expect("a checkpoint was written");
+            engine = restored;
+            ledger = Ledger::new();
+            offset = position.resume_at as usize;
+        }
+    }
+    engine.drain(&mut out);
+    committed.append(&mut out);
+    committed
+}
+
+fn rules() -> Rules {
+    Rules::new(&Config::example())
+}
+
+#[test]
+fn a_restored_engine_continues_exactly_as_the_uninterrupted_one() {
+    let rules = rules();
+    for seed in [1, 2, 3] {
+        let input = events(seed, 4000);
+        let mut plain = Engine::new(rules.clone());
+        let mut out = Vec::new();
+        for e in &input {
+            plain.ingest(e.clone(), &mut out);
+        }
+        assert!(
+            plain.stats().duplicates > 100,
+            "the input has duplicates: {}",
+            plain.stats().duplicates
+        );
+        let expected = sorted(&run(&input, 50, &[], &rules));
+        assert!(expected.len() > 100, "the input exercises the engine");
+        let got = sorted(&run(&input, 50, &[137, 900, 901, 2470, 3999], &rules));
+        assert_eq!(got.len(), expected.len(), "seed {seed}");
+        assert_eq!(got, expected, "seed {seed}");
+    }
+}
+
+#[test]
+fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
+    let rules = rules();
+    let input = events(7, 600);
+    let mut a = Engine::new(rules.clone());
+    let mut out = Vec::new();
+    for e in &input[..300] {
+        a.ingest(e.clone(), &mut out);
+    }
+    let mut log = a.checkpoint(InputPosition {
+        resume_at: 1,
+        replay_until: 300,
+    });
+    let profiles = a.profile_count();
+    for e in &input[300..] {
+        a.ingest(e.clone(), &mut out);
+    }
+    let mut partial = a.checkpoint(InputPosition {
+        resume_at: 2,
+        replay_until: 600,
+    });
+    partial.pop(); // the meta record never made it
+    assert!(!partial.is_empty());
+    log.extend(partial);
+    let mut r = Restore::new();
+    for rec in &log {
+        r.feed(rec.key, rec.value.clone()).unwrap();
+    }
+    let (mut b, report) = r.finish(rules.clone()).unwrap();
+    assert_eq!(
+        report.position,
+        Some(InputPosition {
+            resume_at: 1,
+            replay_until: 300
+        })
+    );
+    assert!(report.ignored > 0);
+    assert_eq!(b.profile_count(), profiles);
+    // The next checkpoint rewrites every key the unfinished one touched.
+    let next = b.checkpoint(InputPosition {
+        resume_at: 1,
+        replay_until: 300,
+    });
+    let partial_keys: Vec<StateKey> = log
+        .iter()
+        .skip_while(|r| r.key != StateKey::Meta)
+        .skip(1)
+        .map(|r| r.key)
+        .collect();
+    for k in partial_keys {
+        assert!(next.iter().any(|r| r.key == k), "{k:?} rewritten");
+    }
+}
+
+#[test]
+fn checkpoints_are_incremental() {
+    let rules = rules();
+    let input = events(9, 2000);
+    let mut a = Engine::new(rules);
+    let mut out = Vec::new();
+    for e in &input {
+        a.ingest(e.clone(), &mut out);
+    }
+    let first = a.checkpoint(InputPosition::default());
+    assert!(first.len() > a.profile_count(), "everything is new");
+    let again = a.checkpoint(InputPosition::default());
+    assert_eq!(again.len(), 1, "nothing changed: only the meta record");
+    let one = input.last().unwrap().clone();
+    let mut e = one.clone();
+    e.event_id = "another".into();
+    e.occurred_at = a.max_event_time();
+    a.ingest(e, &mut out);
+    a.flush(&mut out);
+    let third = a.checkpoint(InputPosition::default());
+    assert!(
+        third.len() <= 4,
+        "one profile, one dedup batch, the meta: {third:?}"
+    );
+}
+
+#[test]
+fn keys_round_trip_and_stay_within_their_topic() {
+    for k in [StateKey::Meta, StateKey::Profile(7), StateKey::Dedup(12)] {
+        assert_eq!(
+            StateKey::parse("cx.events", &k.encode("cx.events")),
+            Some(k)
+        );
+        assert_eq!(StateKey::parse("cx.other", &k.encode("cx.events")), None);
+    }
+    assert_eq!(StateKey::parse("t", b"t/x1"), None);
+    assert_eq!(StateKey::parse("t", b"t/pnope"), None);
+}
