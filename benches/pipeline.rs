@@ -85,6 +85,8 @@ fn main() {
                 for (name, parts) in topics {
                     m.create_topic(name, parts, 1).unwrap();
                 }
+                m.create_topic(&t.changelog(&config.kafka.group_id), PARTITIONS, 1)
+                    .unwrap();
             }
             None => {
                 let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

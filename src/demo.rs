@@ -83,6 +83,9 @@ pub async fn run(
             for out in [&t.alerts, &t.journeys, &t.dead_letter] {
                 mock.create_topic(out, 1, 1)?;
             }
+            // The mock cannot create topics on request: the changelog is made here.
+            let changelog = t.changelog(&demo.config.kafka.group_id);
+            mock.create_topic(&changelog, demo.input_partitions, 1)?;
             eprintln!(
                 "demo: in-process Kafka mock cluster at {}",
                 demo.config.kafka.brokers

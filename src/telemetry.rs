@@ -20,7 +20,7 @@ pub fn partition_assigned(topic: &str, partition: i32) {
 }
 
 pub fn partition_revoked(topic: &str, partition: i32, commit: Option<i64>) {
-    info!(%topic, partition, ?commit, "partition revoked: shard flushed and dropped");
+    info!(%topic, partition, ?commit, "partition revoked: shard committed and dropped");
 }
 
 pub fn shard_died(topic: &str, partition: i32) {
@@ -61,6 +61,51 @@ pub fn offset_gap(topic: &str, partition: i32, expected: i64, got: i64) {
 
 pub fn idle_advance(topic: &str, partition: i32, watermark: i64) {
     debug!(%topic, partition, watermark, "partition quiet: watermark advanced with the wall clock");
+}
+
+pub fn rebalance_error(code: rdkafka::types::RDKafkaRespErr) {
+    error!(?code, "rebalance error");
+}
+
+pub fn changelog_created(topic: &str, partitions: usize) {
+    info!(%topic, partitions, "changelog topic created (compacted)");
+}
+
+pub fn restored(
+    topic: &str,
+    partition: i32,
+    r: &crate::engine::snapshot::RestoreReport,
+    took: Duration,
+) {
+    info!(%topic, partition, records = r.records, bytes = r.bytes, profiles = r.profiles,
+        open_journeys = r.open_journeys, resume_at = ?r.position.map(|p| p.resume_at), ?took,
+        "shard restored from the changelog");
+    if r.dropped_journeys > 0 {
+        warn!(%topic, partition, dropped = r.dropped_journeys, "restored journey instances of journeys no longer configured (or whose steps changed) were dropped");
+    }
+    if r.ignored > 0 {
+        info!(%topic, partition, ignored = r.ignored, "changelog records of an unfinished commit ignored");
+    }
+    histogram!("cx_restore_seconds").record(took.as_secs_f64());
+    counter!("cx_restore_records_total").increment(r.records);
+}
+
+pub fn restore_failed(topic: &str, partition: i32, e: &anyhow::Error) {
+    error!(%topic, partition, error = format!("{e:#}"), "cannot restore the shard: stopping the service (nothing of the partition is processed)");
+}
+
+pub fn commit_error(topic: &str, partition: i32, e: &anyhow::Error) {
+    error!(%topic, partition, error = format!("{e:#}"), "commit failed: stopping the service; the partition resumes from its last commit");
+}
+
+pub fn changelog_written(records: usize, bytes: usize) {
+    counter!("cx_changelog_records_total").increment(records as u64);
+    counter!("cx_changelog_bytes_total").increment(bytes as u64);
+}
+
+pub fn transaction(committed: bool) {
+    counter!("cx_transactions_total", "result" => if committed { "commit" } else { "abort" })
+        .increment(1);
 }
 
 pub fn shutting_down(timeout: Duration) {
@@ -494,7 +539,32 @@ pub fn describe(catalog: &Catalog, output_topics: &[&str]) {
         "cx_produce_errors_total",
         "Failed produce attempts (each retried), by topic."
     );
-    describe_counter!("cx_commits_total", "Offset commits, by result.");
+    describe_counter!(
+        "cx_commits_total",
+        "Consumer offset commits (at_least_once), by result."
+    );
+    describe_counter!(
+        "cx_transactions_total",
+        "Kafka transactions (exactly_once), by result (commit, abort)."
+    );
+    describe_counter!(
+        "cx_changelog_records_total",
+        "State change records written to the changelog topic."
+    );
+    describe_counter!(
+        "cx_changelog_bytes_total",
+        Unit::Bytes,
+        "Bytes of state written to the changelog topic."
+    );
+    describe_histogram!(
+        "cx_restore_seconds",
+        Unit::Seconds,
+        "Time to rebuild a shard from the changelog when its partition is assigned."
+    );
+    describe_counter!(
+        "cx_restore_records_total",
+        "Changelog records read to rebuild shards."
+    );
     describe_counter!(
         "cx_rebalances_total",
         "Consumer group rebalances, by kind (assign, revoke)."
@@ -551,6 +621,16 @@ pub fn describe(catalog: &Catalog, output_topics: &[&str]) {
     }
     for r in ["ok", "error"] {
         counter!("cx_commits_total", "result" => r).absolute(0);
+    }
+    for r in ["commit", "abort"] {
+        counter!("cx_transactions_total", "result" => r).absolute(0);
+    }
+    for c in [
+        "cx_changelog_records_total",
+        "cx_changelog_bytes_total",
+        "cx_restore_records_total",
+    ] {
+        counter!(c).absolute(0);
     }
     for k in ["assign", "revoke"] {
         counter!("cx_rebalances_total", "kind" => k).absolute(0);

@@ -258,6 +258,9 @@ async fn a_running_service_exposes_the_catalogue_with_the_engine_s_numbers() {
     let mock = MockCluster::new(1).unwrap();
     let mut config = config;
     config.kafka.brokers = mock.bootstrap_servers();
+    // Progress is read from the group's committed offsets (the mock does not return offsets
+    // committed in transactions).
+    config.processing.guarantee = cxstream::config::Guarantee::AtLeastOnce;
     let t = config.topics.clone();
     for (topic, n) in [
         (&t.input[0], 1),
@@ -267,6 +270,8 @@ async fn a_running_service_exposes_the_catalogue_with_the_engine_s_numbers() {
     ] {
         mock.create_topic(topic, n, 1).unwrap();
     }
+    mock.create_topic(&t.changelog(&config.kafka.group_id), 1, 1)
+        .unwrap();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", mock.bootstrap_servers())
         .create()

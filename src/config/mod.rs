@@ -15,8 +15,8 @@ use crate::alert::AlertType;
 
 mod service;
 pub use service::{
-    ClientProps, HttpSection, InputSection, KafkaSection, MetricsSection, OutputFormat,
-    OutputSection, ServiceSection, TopicsSection,
+    ClientProps, Guarantee, HttpSection, InputSection, KafkaSection, MetricsSection, OutputFormat,
+    OutputSection, ProcessingSection, ServiceSection, TopicsSection,
 };
 
 /// Environment variables starting with this override config keys, `__` separating the
@@ -49,6 +49,8 @@ pub struct Config {
     #[serde(default)]
     pub service: ServiceSection,
     #[serde(default)]
+    pub processing: ProcessingSection,
+    #[serde(default)]
     pub http: HttpSection,
     #[serde(default)]
     pub metrics: MetricsSection,
@@ -80,6 +82,11 @@ pub struct EngineSection {
     /// watermark moves on with the wall clock, so drop-offs still fire when traffic stops.
     #[serde(with = "humantime_serde")]
     pub idle_advance: Duration,
+    /// Kafka service: how often each shard commits its outputs, its state changes (to the
+    /// changelog topic) and its input offset together. Longer: fewer, larger commits; shorter:
+    /// less to redo after a crash and, with `exactly_once`, alerts readable sooner.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
 }
 
 impl Default for EngineSection {
@@ -90,6 +97,7 @@ impl Default for EngineSection {
             profile_ttl: Duration::from_secs(7 * 86_400),
             survey_attribution: Duration::from_secs(7 * 86_400),
             idle_advance: Duration::from_secs(10),
+            commit_interval: Duration::from_secs(1),
             max_profiles: 1_000_000,
         }
     }

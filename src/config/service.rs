@@ -93,6 +93,18 @@ pub struct TopicsSection {
     pub journeys: String,
     /// Rejected input, unchanged, with the reason and its origin in headers.
     pub dead_letter: String,
+    /// The compacted topic shard state is kept in; default `<kafka.group_id>-state`. Created
+    /// at start if missing, with as many partitions as the input topic.
+    pub changelog: Option<String>,
+}
+
+impl TopicsSection {
+    /// The changelog topic's name.
+    pub fn changelog(&self, group_id: &str) -> String {
+        self.changelog
+            .clone()
+            .unwrap_or_else(|| format!("{group_id}-state"))
+    }
 }
 
 impl Default for TopicsSection {
@@ -102,6 +114,7 @@ impl Default for TopicsSection {
             alerts: "cx.alerts".into(),
             journeys: "cx.journeys".into(),
             dead_letter: "cx.dead-letter".into(),
+            changelog: None,
         }
     }
 }
@@ -165,6 +178,26 @@ impl Default for ServiceSection {
     }
 }
 
+/// `[processing]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessingSection {
+    pub guarantee: Guarantee,
+}
+
+/// What a crash may cost (`processing.guarantee`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Outputs, state changes and input offsets commit in one Kafka transaction per commit
+    /// interval: a `read_committed` reader sees every output exactly once, whatever crashes.
+    #[default]
+    ExactlyOnce,
+    /// No transactions (for brokers without them): after a crash, outputs since the last
+    /// commit are produced again (with the same ids).
+    AtLeastOnce,
+}
+
 /// `[http]`: the operations endpoint (`/metrics`, `/healthz`, `/readyz`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -198,11 +231,15 @@ impl Default for MetricsSection {
 }
 
 /// librdkafka settings cxstream owns: overriding them would break the delivery guarantee.
-const OWNED_CONSUMER_KEYS: [&str; 4] = [
+const OWNED_CONSUMER_KEYS: [&str; 8] = [
     "bootstrap.servers",
     "group.id",
     "enable.auto.offset.store",
+    "enable.auto.commit",
     "enable.partition.eof",
+    "isolation.level",
+    "transactional.id",
+    "partition.assignment.strategy",
 ];
 
 fn valid_topic(name: &str) -> bool {
@@ -232,7 +269,7 @@ pub(super) fn validate(c: &super::Config, err: &mut dyn FnMut(String, String)) {
             if OWNED_CONSUMER_KEYS.contains(&key.as_str()) {
                 err(
                     format!("kafka.{section}.{key:?}"),
-                    "is set by cxstream (use kafka.brokers / kafka.group_id; offsets are stored only after outputs are acknowledged)".into(),
+                    "is set by cxstream (use kafka.brokers / kafka.group_id; offsets, transactions and rebalancing follow processing.guarantee)".into(),
                 );
             }
         }
@@ -294,6 +331,20 @@ pub(super) fn validate(c: &super::Config, err: &mut dyn FnMut(String, String)) {
     }
     if s.shard_queue == 0 {
         err("service.shard_queue".into(), "must be at least 1".into());
+    }
+    if let Some(name) = &t.changelog {
+        if !valid_topic(name) {
+            err(
+                "topics.changelog".into(),
+                format!("{name:?} is not a valid topic name (letters, digits, '.', '_', '-'; at most 249)"),
+            );
+        }
+    }
+    if c.engine.commit_interval < Duration::from_millis(10) {
+        err(
+            "engine.commit_interval".into(),
+            "must be at least 10ms".into(),
+        );
     }
     if c.engine.idle_advance.is_zero() {
         err(

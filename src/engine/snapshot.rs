@@ -74,6 +74,9 @@ pub struct InputPosition {
     pub resume_at: i64,
     /// Offsets below this were read already: a replay does not dead-letter them again.
     pub replay_until: i64,
+    /// Wall clock (ms) when the newest message arrived, as the service saw it (the engine
+    /// only stores it).
+    pub arrived_at: Millis,
 }
 
 /// Change tracking, switched on by [`Engine::track_changes`].
@@ -86,6 +89,8 @@ pub(super) struct Changes {
     /// Live dedup batches: (sequence number, latest event time in it).
     batches: std::collections::VecDeque<(u64, Millis)>,
     next_batch: u64,
+    /// Checkpoints written (restored from the meta record).
+    commits: u64,
     /// Keys of an unfinished checkpoint found at restore, to be overwritten.
     stale: Vec<StateKey>,
 }
@@ -188,6 +193,7 @@ impl Restore {
         report.position = Some(InputPosition {
             resume_at: meta.input_offset,
             replay_until: meta.replay_until,
+            arrived_at: meta.arrived_at,
         });
         engine.watermark = meta.watermark;
         engine.max_seen = meta.max_seen;
@@ -225,6 +231,7 @@ impl Restore {
         dedup.sort_by_key(|(seq, _)| *seq);
         let c = engine.changes.as_mut().expect("tracking");
         c.next_batch = meta.dedup_seq;
+        c.commits = meta.commit_seq;
         for (seq, b) in &dedup {
             for (t, id) in b.times.iter().zip(&b.ids) {
                 engine.dedup.insert(*t, *id);
@@ -274,6 +281,11 @@ impl Engine {
             }
             self.changes = Some(c);
         }
+    }
+
+    /// The number the next checkpoint will have (1 for the first).
+    pub fn next_commit(&self) -> u64 {
+        self.changes.as_ref().map_or(0, |c| c.commits) + 1
     }
 
     /// Profile slots changed since the last checkpoint.
@@ -344,7 +356,10 @@ impl Engine {
             input_offset: position.resume_at,
             replay_until: position.replay_until,
             dedup_seq: c.next_batch,
+            arrived_at: position.arrived_at,
+            commit_seq: c.commits + 1,
         };
+        c.commits += 1;
         out.push(StateRecord {
             key: StateKey::Meta,
             value: Some(meta.encode_to_vec()),

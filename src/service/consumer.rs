@@ -1,6 +1,7 @@
 //! The consumer thread: polls the group's partitions, hands each message to its partition's
-//! shard, follows rebalances (a shard per assigned partition; on revoke the shard is flushed,
-//! its offset committed, and dropped) and stores the offsets shards report as done.
+//! shard and follows rebalances: an assigned partition's shard is restored from the changelog
+//! and its input read from the restored position; a revoked partition's shard commits and is
+//! dropped. With `at_least_once` it also stores the offsets shards commit.
 //!
 //! It runs on its own OS thread, so rebalance callbacks may block while shards finish without
 //! stalling the async runtime the shards run on.
@@ -10,14 +11,16 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::{ClientContext, Offset};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::shard::{Shard, ShardEnv, ShardExit, ShardMsg};
+use super::changelog;
+use super::shard::{Shard, ShardEnv, ShardExit, ShardMsg, ShardStart};
+use crate::config::Guarantee;
 use crate::telemetry;
 
 /// What the service tells its owner (tests, the demo, readiness) about itself.
@@ -55,9 +58,6 @@ pub(crate) struct Ctx {
     stop_timeout: Duration,
     shards: Mutex<Shards>,
     status: watch::Sender<Status>,
-    /// A shard task ended on its own (it should never): the service stops rather than keep
-    /// consuming a partition nobody processes.
-    failed: AtomicBool,
 }
 
 impl Ctx {
@@ -75,7 +75,6 @@ impl Ctx {
             stop_timeout,
             shards: Mutex::new(HashMap::new()),
             status,
-            failed: AtomicBool::new(false),
         }
     }
 
@@ -83,7 +82,63 @@ impl Ctx {
         self.shards.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn start_shard(&self, shards: &mut Shards, topic: &str, partition: i32) {
+    /// A shard task ended on its own, or one cannot go on: the service stops rather than
+    /// keep consuming a partition nobody processes.
+    fn failed(&self) -> bool {
+        self.env.failed.load(Ordering::Acquire)
+    }
+
+    /// Rebuilds the shards of newly assigned partitions from the changelog, in parallel
+    /// (blocking the consumer thread meanwhile: no input is read before state is back).
+    /// With `exactly_once` each gets its transactional producer first, which fences the
+    /// partition's previous owner and aborts its unfinished transaction.
+    fn prepare(&self, parts: &[(String, i32)]) -> Vec<Option<ShardStart>> {
+        let env = &self.env;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|(topic, partition)| {
+                    scope.spawn(move || -> anyhow::Result<ShardStart> {
+                        let producer = match env.guarantee {
+                            Guarantee::ExactlyOnce => Some(changelog::transactional_producer(
+                                &env.config,
+                                topic,
+                                *partition,
+                            )?),
+                            Guarantee::AtLeastOnce => None,
+                        };
+                        let (engine, report, took) =
+                            changelog::restore(&env.config, env.rules.clone(), topic, *partition)?;
+                        telemetry::restored(topic, *partition, &report, took);
+                        Ok(ShardStart {
+                            engine,
+                            producer,
+                            position: report.position,
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .zip(parts)
+                .map(|(h, (topic, partition))| {
+                    let result = h
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the restore panicked")));
+                    match result {
+                        Ok(start) => Some(start),
+                        Err(e) => {
+                            telemetry::restore_failed(topic, *partition, &e);
+                            self.env.failed.store(true, Ordering::Release);
+                            None
+                        }
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn start_shard(&self, shards: &mut Shards, topic: &str, partition: i32, start: ShardStart) {
         let topic: Arc<str> = Arc::from(topic);
         if shards.contains_key(&(topic.clone(), partition)) {
             return;
@@ -95,6 +150,7 @@ impl Ctx {
             topic.clone(),
             partition,
             self.env.clone(),
+            start,
             progress.clone(),
             Instant::now(),
         );
@@ -154,7 +210,8 @@ impl Ctx {
         for (topic, partition) in &waiting {
             telemetry::shard_stop_timed_out(topic, *partition);
         }
-        if tpl.count() > 0 {
+        // With exactly_once the offsets were committed in the shards' transactions.
+        if tpl.count() > 0 && self.env.guarantee == Guarantee::AtLeastOnce {
             if let Err(e) = consumer.store_offsets(&tpl) {
                 telemetry::commit_failed(&e);
             }
@@ -187,12 +244,8 @@ impl Ctx {
     ) -> bool {
         let mut shards = self.shards();
         let key = (topic.clone(), partition);
-        if !shards.contains_key(&key) {
-            // A message before the assignment callback was seen: should not happen, but the
-            // message must not be lost.
-            self.start_shard(&mut shards, topic, partition);
-        }
         let Some(h) = shards.get_mut(&key) else {
+            // Not assigned (any more): the message stays uncommitted for the owner.
             return false;
         };
         if msg.offset < h.next {
@@ -271,13 +324,22 @@ impl Ctx {
     }
 
     fn shard_died(&self, topic: &str, partition: i32) {
-        if !self.failed.swap(true, Ordering::AcqRel) {
+        if !self.env.failed.swap(true, Ordering::AcqRel) {
             telemetry::shard_died(topic, partition);
         }
     }
 
-    /// Stores the offsets shards report as done (committed by librdkafka's auto-commit).
+    /// Stores the offsets shards committed (`at_least_once`; librdkafka's auto-commit sends
+    /// them) and refreshes the group metadata transactions commit offsets with.
     fn store_progress(&self, consumer: &BaseConsumer<Ctx>) {
+        *self
+            .env
+            .group
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = consumer.group_metadata().map(Arc::new);
+        if self.env.guarantee == Guarantee::ExactlyOnce {
+            return;
+        }
         let mut shards = self.shards();
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), h) in shards.iter_mut() {
@@ -314,29 +376,74 @@ impl ClientContext for Ctx {
 }
 
 impl ConsumerContext for Ctx {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            telemetry::rebalance("revoke");
-            let parts: Vec<(String, i32)> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
-            self.store_progress(consumer);
-            self.stop_shards(consumer, Some(&parts));
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            telemetry::rebalance("assign");
-            {
+    /// Replaces the default handler to restore shards *before* the assignment takes effect,
+    /// so that each partition is assigned at the offset its restored state resumes from.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr as E;
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        match err {
+            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                telemetry::rebalance("assign");
+                self.store_progress(consumer);
+                let starts = self.prepare(&parts);
+                for ((topic, partition), start) in parts.iter().zip(&starts) {
+                    if let Some(p) = start.as_ref().and_then(|s| s.position) {
+                        let _ = tpl.set_partition_offset(
+                            topic,
+                            *partition,
+                            Offset::Offset(p.resume_at),
+                        );
+                    }
+                }
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = assigned {
+                    telemetry::consumer_error(&e);
+                }
                 let mut shards = self.shards();
-                for e in tpl.elements() {
-                    self.start_shard(&mut shards, e.topic(), e.partition());
+                for ((topic, partition), start) in parts.iter().zip(starts) {
+                    if let Some(start) = start {
+                        self.start_shard(&mut shards, topic, *partition, start);
+                    }
+                }
+                drop(shards);
+                self.publish_status();
+            }
+            E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                telemetry::rebalance("revoke");
+                self.store_progress(consumer);
+                self.stop_shards(consumer, Some(&parts));
+                let unassigned = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = unassigned {
+                    telemetry::consumer_error(&e);
                 }
             }
-            self.publish_status();
+            other => {
+                telemetry::rebalance_error(other);
+                if !cooperative {
+                    let _ = consumer.unassign();
+                }
+            }
         }
     }
 
@@ -368,7 +475,7 @@ pub(crate) fn consume(consumer: BaseConsumer<Ctx>, topics: &[String], stop: &Ato
     let mut last_store = Instant::now();
     let mut stashed = false;
     let mut last_error: Option<Instant> = None;
-    while !stop.load(Ordering::Acquire) && !ctx.failed.load(Ordering::Acquire) {
+    while !stop.load(Ordering::Acquire) && !ctx.failed() {
         if stashed {
             stashed = ctx.unstash(&consumer);
         }
@@ -406,7 +513,7 @@ pub(crate) fn consume(consumer: BaseConsumer<Ctx>, topics: &[String], stop: &Ato
         }
     }
     ctx.store_progress(&consumer);
-    let clean = ctx.stop_shards(&consumer, None) && !ctx.failed.load(Ordering::Acquire);
+    let clean = ctx.stop_shards(&consumer, None) && !ctx.failed();
     consumer.unsubscribe();
     // Dropping the consumer closes it: it leaves the group.
     drop(consumer);

@@ -84,6 +84,12 @@ impl Ledger {
             .flatten()
     }
 
+    /// Where to read again from after a restore of state as it is now: the oldest offset not
+    /// done (its event still buffered), or `next` (the next offset to consume).
+    pub fn resume_at(&self, next: i64) -> i64 {
+        self.entries.front().map_or(next, |e| e.offset)
+    }
+
     /// Next offset to commit, once anything is done.
     pub fn done_until(&self) -> Option<i64> {
         self.done_until

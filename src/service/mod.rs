@@ -12,6 +12,7 @@
 //! while `service.max_in_flight` outputs await acknowledgement, and a full shard queue pauses
 //! its partition, so a slow broker slows consumption instead of growing memory.
 
+mod changelog;
 mod consumer;
 pub mod http;
 pub mod ledger;
@@ -32,7 +33,7 @@ use tokio::sync::{oneshot, watch};
 pub use consumer::Status;
 pub use shard::idle_watermark;
 
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::telemetry;
 
 /// librdkafka settings of the service's consumer: cxstream's defaults, then the user's
@@ -40,7 +41,6 @@ use crate::telemetry;
 pub fn consumer_config(c: &Config) -> ClientConfig {
     let mut cc = ClientConfig::new();
     cc.set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         // Consumer lag and broker health for the metrics, every 5 s.
         .set("statistics.interval.ms", "5000")
@@ -55,7 +55,13 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
     cc.set("bootstrap.servers", &c.kafka.brokers)
         .set("group.id", &c.kafka.group_id)
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // With exactly_once, offsets are committed only in the shards' transactions.
+        .set(
+            "enable.auto.commit",
+            (c.processing.guarantee == Guarantee::AtLeastOnce).to_string(),
+        )
+        .set("isolation.level", "read_committed");
     cc
 }
 
@@ -105,6 +111,7 @@ impl Service {
         let producer: FutureProducer = producer_config(config)
             .create()
             .context("cannot create the Kafka producer")?;
+        changelog::ensure_topic(config, &producer).await?;
         let env = Arc::new(shard::ShardEnv::new(config, producer.clone()));
         let (status_tx, status) = watch::channel(Status::default());
         let metrics = telemetry::prometheus();

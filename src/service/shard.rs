@@ -1,6 +1,17 @@
 //! One shard: the engine state of one input partition, owned by one task. It decodes and
-//! applies the partition's messages in offset order, produces what the engine emits, tracks
-//! broker acknowledgements in a [`Ledger`] and publishes the offset that may be committed.
+//! applies the partition's messages in offset order, produces what the engine emits, and every
+//! `engine.commit_interval` commits its outputs, its state changes (to the changelog) and its
+//! input position together:
+//!
+//! - `exactly_once`: everything since the last commit is in the shard's open transaction; the
+//!   commit adds the changelog records and the input offset and commits the transaction.
+//! - `at_least_once`: the commit waits until every output is acknowledged, writes the changelog
+//!   records, then (once they are acknowledged) the meta record, and only then publishes the
+//!   offset for the consumer to commit.
+//!
+//! The input position committed is the oldest event still in the reorder buffer (see
+//! [`Ledger::resume_at`]): those events are read again after a restore. Messages below the
+//! restored `replay_until` were handled before; their rejections are not dead-lettered twice.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,16 +20,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::Offset;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ledger::Ledger;
 use super::records::{dead_letter, output_record, Dest, Origin, OutRecord};
 use crate::alert::Output;
-use crate::config::{Config, OutputFormat};
+use crate::config::{Config, Guarantee, OutputFormat};
 use crate::decode::{decode, Format};
+use crate::engine::snapshot::{InputPosition, StateRecord};
 use crate::engine::{Engine, Ingest, Rules};
 use crate::event::{millis, Millis};
 use crate::telemetry;
@@ -31,6 +46,14 @@ pub(crate) struct ShardMsg {
     pub(crate) payload: Option<Vec<u8>>,
 }
 
+/// What a shard starts from: its restored engine, its producer, where its input resumes.
+pub(crate) struct ShardStart {
+    pub(crate) engine: Engine,
+    /// The shard's transactional producer (`exactly_once`), a transaction already begun.
+    pub(crate) producer: Option<FutureProducer>,
+    pub(crate) position: Option<InputPosition>,
+}
+
 /// What a stopped shard reports: the offset its partition may be committed at.
 #[derive(Debug, Clone)]
 pub(crate) struct ShardExit {
@@ -41,14 +64,24 @@ pub(crate) struct ShardExit {
 
 /// What every shard shares: the producer and the settings.
 pub(crate) struct ShardEnv {
+    /// The shared producer (`at_least_once`); with `exactly_once` each shard has its own.
     pub(crate) producer: FutureProducer,
+    pub(crate) config: Config,
+    pub(crate) guarantee: Guarantee,
+    /// The consumer group's current generation, for `send_offsets_to_transaction`; refreshed
+    /// by the consumer thread.
+    pub(crate) group: std::sync::Mutex<Option<Arc<ConsumerGroupMetadata>>>,
+    /// Set by a shard that cannot go on: the consumer thread stops the service.
+    pub(crate) failed: std::sync::atomic::AtomicBool,
     pub(crate) rules: Rules,
     pub(crate) input_format: Format,
     pub(crate) output_format: OutputFormat,
     alerts: String,
     journeys: String,
     dead_letter: String,
+    changelog: String,
     idle_advance: Duration,
+    commit_interval: Duration,
     max_in_flight: usize,
     labels: telemetry::Labels,
 }
@@ -57,6 +90,12 @@ impl ShardEnv {
     pub(crate) fn new(c: &Config, producer: FutureProducer) -> ShardEnv {
         ShardEnv {
             producer,
+            config: c.clone(),
+            guarantee: c.processing.guarantee,
+            group: std::sync::Mutex::new(None),
+            failed: std::sync::atomic::AtomicBool::new(false),
+            changelog: c.topics.changelog(&c.kafka.group_id),
+            commit_interval: c.engine.commit_interval,
             rules: Rules::new(c),
             input_format: c.input.format,
             output_format: c.output.format,
@@ -97,18 +136,42 @@ pub fn idle_watermark(
     )
 }
 
-type Delivery = Pin<Box<dyn Future<Output = Option<i64>> + Send>>;
+/// A record to produce: an output (with the `source.commit` header value: which commit of
+/// which shard it belongs to), or a changelog record (`None` value: tombstone).
+enum Outgoing {
+    Output(OutRecord, String),
+    State {
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
+}
+
+/// Resolves to the ledger token and whether the broker acknowledged the record.
+type Delivery = Pin<Box<dyn Future<Output = (Option<i64>, bool)> + Send>>;
 
 pub(crate) struct Shard {
     topic: Arc<str>,
     partition: i32,
     env: Arc<ShardEnv>,
     engine: Engine,
+    producer: FutureProducer,
+    transactional: bool,
     ledger: Ledger,
     deliveries: FuturesUnordered<Delivery>,
     out: Vec<Output>,
     last_arrival: Instant,
-    /// Next offset to commit, read by the consumer thread (-1: none yet).
+    /// Until a message arrives: wall clock of the newest message, as restored (idle advance
+    /// then counts the downtime as quiet time).
+    restored_arrival: Option<Millis>,
+    /// Next input offset to consume (`None` until known).
+    next_offset: Option<i64>,
+    /// Offsets below this were handled by a previous owner (restored).
+    replay_until: i64,
+    /// Something happened since the last commit.
+    changed: bool,
+    /// Why the shard cannot go on (a failed transactional delivery).
+    failure: Option<String>,
+    /// Input position published for the consumer to commit (`at_least_once`; -1: none yet).
     progress: Arc<AtomicI64>,
     metrics: telemetry::ShardMetrics,
 }
@@ -118,12 +181,16 @@ impl Shard {
         topic: Arc<str>,
         partition: i32,
         env: Arc<ShardEnv>,
+        start: ShardStart,
         progress: Arc<AtomicI64>,
         now: Instant,
     ) -> Shard {
+        let transactional = start.producer.is_some();
         Shard {
             metrics: telemetry::ShardMetrics::new(&topic, partition, env.labels.clone()),
-            engine: Engine::new(env.rules.clone()),
+            engine: start.engine,
+            producer: start.producer.unwrap_or_else(|| env.producer.clone()),
+            transactional,
             topic,
             partition,
             env,
@@ -131,12 +198,17 @@ impl Shard {
             deliveries: FuturesUnordered::new(),
             out: Vec::new(),
             last_arrival: now,
+            restored_arrival: start.position.map(|p| p.arrived_at),
+            next_offset: start.position.map(|p| p.resume_at),
+            replay_until: start.position.map_or(i64::MIN, |p| p.replay_until),
+            changed: false,
+            failure: None,
             progress,
         }
     }
 
-    /// The shard's task: runs until told to stop (or its consumer is gone), then flushes,
-    /// waits for every acknowledgement and reports where its partition may be committed.
+    /// The shard's task: runs until told to stop (or its consumer is gone), then finishes
+    /// what was handed over, commits, and reports where its partition may be committed.
     pub(crate) async fn run(
         mut self,
         mut rx: mpsc::Receiver<ShardMsg>,
@@ -144,52 +216,74 @@ impl Shard {
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut commit = tokio::time::interval(self.env.commit_interval);
+        commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        commit.tick().await;
         let reply = loop {
             tokio::select! {
                 biased;
                 reply = &mut stop => break reply.ok(),
-                Some(token) = self.deliveries.next(), if !self.deliveries.is_empty() => {
-                    if let Some(t) = token {
-                        self.ledger.ack(t);
-                    }
-                }
+                Some(d) = self.deliveries.next(), if !self.deliveries.is_empty() => self.delivered(d),
                 msg = rx.recv(), if self.deliveries.len() < self.env.max_in_flight => match msg {
                     Some(m) => self.process(m, Instant::now()),
                     None => break None,
                 },
+                _ = commit.tick() => {
+                    if let Err(e) = self.commit(false).await {
+                        self.fail(&e);
+                        break None;
+                    }
+                }
                 _ = tick.tick() => {
                     self.idle(Instant::now());
                     self.publish_metrics();
                 }
             }
-            self.publish_progress();
         };
-        // Finish what was handed over, apply everything buffered, wait for the broker.
-        while let Ok(m) = rx.try_recv() {
-            self.process(m, Instant::now());
-        }
-        let now = Instant::now();
-        self.engine.flush(&mut self.out);
-        self.send_outputs(now);
-        while let Some(token) = self.deliveries.next().await {
-            if let Some(t) = token {
-                self.ledger.ack(t);
+        // Finish what was handed over and commit it. The reorder buffer is not flushed: its
+        // events are read again by the partition's next owner, which restores this state.
+        let mut committed = None;
+        if self.failure.is_none() && !self.env.failed.load(Ordering::Acquire) {
+            while let Ok(m) = rx.try_recv() {
+                self.process(m, Instant::now());
+            }
+            match self.commit(true).await {
+                Ok(at) => committed = at,
+                Err(e) => self.fail(&e),
             }
         }
-        self.publish_progress();
         self.publish_metrics();
         self.metrics.close(&self.engine, &self.env.rules.catalog);
         if let Some(reply) = reply {
             let _ = reply.send(ShardExit {
                 topic: self.topic.clone(),
                 partition: self.partition,
-                commit: self.ledger.done_until(),
+                commit: committed,
             });
+        }
+    }
+
+    fn fail(&mut self, e: &anyhow::Error) {
+        telemetry::commit_error(&self.topic, self.partition, e);
+        self.env.failed.store(true, Ordering::Release);
+    }
+
+    fn delivered(&mut self, (token, ok): (Option<i64>, bool)) {
+        if let Some(t) = token {
+            self.ledger.ack(t);
+        }
+        if !ok && self.failure.is_none() {
+            self.failure = Some("a record of the open transaction was not delivered".into());
         }
     }
 
     fn process(&mut self, m: ShardMsg, now: Instant) {
         self.last_arrival = now;
+        if m.offset >= self.replay_until {
+            self.restored_arrival = None; // new input: the restored arrival time is history
+        }
+        self.next_offset = Some(m.offset + 1);
+        self.changed = true;
         self.metrics.consumed();
         let payload = m.payload.as_deref().unwrap_or_default();
         let reject = match decode(payload, self.env.input_format) {
@@ -222,25 +316,38 @@ impl Shard {
         };
         if let Some((reason, detail)) = reject {
             self.ledger.push(m.offset, None);
-            if reason == "late" {
-                self.metrics.late();
-            } else {
-                self.metrics.rejected(reason);
+            // A replayed message that is rejected now was handled before: events applied
+            // before the restore are behind the restored watermark (late), and rejections
+            // were dead-lettered then.
+            if m.offset >= self.replay_until {
+                if reason == "late" {
+                    self.metrics.late();
+                } else {
+                    self.metrics.rejected(reason);
+                }
+                telemetry::rejected(&self.topic, self.partition, m.offset, reason, &detail);
+                let from = Origin {
+                    topic: &self.topic,
+                    partition: self.partition,
+                    offset: m.offset,
+                };
+                let rec = dead_letter(m.key.as_deref(), payload, reason, &detail, from);
+                let tag = self.commit_tag();
+                self.send(Outgoing::Output(rec, tag), now);
             }
-            telemetry::rejected(&self.topic, self.partition, m.offset, reason, &detail);
-            let from = Origin {
-                topic: &self.topic,
-                partition: self.partition,
-                offset: m.offset,
-            };
-            let rec = dead_letter(m.key.as_deref(), payload, reason, &detail, from);
-            self.send(rec, now);
         }
         self.send_outputs(now);
     }
 
     fn idle(&mut self, now: Instant) {
-        let quiet = now.saturating_duration_since(self.last_arrival);
+        let mut quiet = now.saturating_duration_since(self.last_arrival);
+        if quiet < self.env.idle_advance {
+            return; // not quiet here (a restored shard may be catching up on a backlog)
+        }
+        if let Some(at) = self.restored_arrival {
+            let since = crate::clock::now_millis().saturating_sub(at);
+            quiet = quiet.max(Duration::from_millis(since.max(0) as u64));
+        }
         let w = idle_watermark(
             self.engine.max_event_time(),
             quiet,
@@ -251,6 +358,7 @@ impl Shard {
             if w > self.engine.watermark() {
                 telemetry::idle_advance(&self.topic, self.partition, w);
                 self.engine.advance_to(w, &mut self.out);
+                self.changed = true;
                 self.send_outputs(now);
             }
         }
@@ -263,22 +371,164 @@ impl Shard {
         let format = self.env.output_format;
         let outs = std::mem::take(&mut self.out);
         self.metrics.outputs(&outs);
+        let tag = self.commit_tag();
         for o in &outs {
-            self.send(output_record(o, format), cause);
+            self.send(
+                Outgoing::Output(output_record(o, format), tag.clone()),
+                cause,
+            );
         }
         self.out = outs;
         self.out.clear();
     }
 
+    /// `<input topic>/<partition>/<commit number>`: a reader can tell which commit (and, with
+    /// `exactly_once`, which transaction) an output belongs to.
+    fn commit_tag(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.topic,
+            self.partition,
+            self.engine.next_commit()
+        )
+    }
+
     /// Produces `rec`; `cause` is when the message that caused it was consumed.
-    fn send(&mut self, rec: OutRecord, cause: Instant) {
+    fn send(&mut self, rec: Outgoing, cause: Instant) {
         let token = self.ledger.charge();
         let env = self.env.clone();
+        let producer = self.producer.clone();
+        let partition = self.partition;
+        let retry = !self.transactional;
         self.deliveries.push(Box::pin(async move {
-            deliver(&env, rec).await;
-            telemetry::output_acknowledged(cause.elapsed());
-            token
+            let ok = deliver(&env, &producer, rec, partition, retry).await;
+            if ok {
+                telemetry::output_acknowledged(cause.elapsed());
+            }
+            (token, ok)
         }));
+    }
+
+    async fn drain_deliveries(&mut self) {
+        while let Some(d) = self.deliveries.next().await {
+            self.delivered(d);
+        }
+    }
+
+    /// Commits outputs, state changes and input position together (see the module docs).
+    /// Returns the input position committed, if anything is committed.
+    async fn commit(&mut self, last: bool) -> anyhow::Result<Option<i64>> {
+        self.drain_deliveries().await;
+        if let Some(f) = self.failure.take() {
+            self.abort();
+            anyhow::bail!("{f}");
+        }
+        let Some(next) = self.next_offset else {
+            return Ok(None); // nothing read, nothing restored: nothing to commit
+        };
+        self.ledger.advance(self.engine.watermark());
+        let resume_at = self.ledger.resume_at(next);
+        if !self.changed && self.engine.changed_profiles() == 0 {
+            if last && self.transactional {
+                self.end_transaction(resume_at, true).await?;
+            }
+            return Ok(Some(resume_at));
+        }
+        self.changed = false;
+        let arrived_at = self.restored_arrival.unwrap_or_else(|| {
+            let ago = Instant::now().saturating_duration_since(self.last_arrival);
+            crate::clock::now_millis().saturating_sub(millis(ago))
+        });
+        let mut records = self.engine.checkpoint(InputPosition {
+            resume_at,
+            replay_until: self.replay_until.max(next),
+            arrived_at,
+        });
+        let bytes: usize = records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        telemetry::changelog_written(records.len(), bytes);
+        let now = Instant::now();
+        if self.transactional {
+            for r in records {
+                self.send_state(r, now);
+            }
+            // Delivered (so produced) before the commit: a delivery future only produces
+            // its record once polled.
+            self.drain_deliveries().await;
+            if let Some(f) = self.failure.take() {
+                self.abort();
+                anyhow::bail!("{f}");
+            }
+            self.end_transaction(resume_at, last).await?;
+        } else {
+            // The meta record goes last, once everything before it is acknowledged: a restore
+            // ignores records after the last meta record.
+            let meta = records.pop();
+            for r in records {
+                self.send_state(r, now);
+            }
+            self.drain_deliveries().await;
+            if let Some(meta) = meta {
+                self.send_state(meta, now);
+                self.drain_deliveries().await;
+            }
+            self.progress.store(resume_at, Ordering::Release);
+        }
+        Ok(Some(resume_at))
+    }
+
+    fn send_state(&mut self, r: StateRecord, now: Instant) {
+        let key = r.key.encode(&self.topic);
+        self.send(
+            Outgoing::State {
+                key,
+                value: r.value,
+            },
+            now,
+        );
+    }
+
+    /// Adds the input position to the open transaction and commits it; begins the next one
+    /// unless this is the last. On failure the transaction is aborted.
+    async fn end_transaction(&mut self, resume_at: i64, last: bool) -> anyhow::Result<()> {
+        let group = self
+            .env
+            .group
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no consumer group metadata yet"))?;
+        let producer = self.producer.clone();
+        let (topic, partition) = (self.topic.to_string(), self.partition);
+        let timeout = self.env.config.service.shutdown_timeout;
+        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(resume_at))?;
+            producer.send_offsets_to_transaction(&tpl, &group, timeout)?;
+            producer.commit_transaction(timeout)?;
+            if !last {
+                producer.begin_transaction()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+        telemetry::transaction(result.is_ok());
+        if result.is_err() {
+            self.abort();
+        }
+        result
+    }
+
+    /// Aborts the open transaction (best effort: the service stops after this).
+    fn abort(&mut self) {
+        if self.transactional {
+            let _ = self.producer.abort_transaction(Duration::from_secs(5));
+            telemetry::transaction(false);
+        }
     }
 
     fn publish_metrics(&mut self) {
@@ -290,36 +540,66 @@ impl Shard {
         self.metrics
             .publish(&self.engine, &self.env.rules.catalog, lag);
     }
-
-    fn publish_progress(&mut self) {
-        if let Some(next) = self.ledger.advance(self.engine.watermark()) {
-            self.progress.store(next, Ordering::Release);
-        }
-    }
 }
 
-/// Produces one record, retrying with backoff until the broker acknowledges it: an output is
-/// never given up on (its input offset stays uncommitted meanwhile).
-async fn deliver(env: &ShardEnv, rec: OutRecord) {
-    let topic = env.topic(rec.dest);
+/// Produces one record. With `retry` (at-least-once) it retries with backoff until the broker
+/// acknowledges it: an output is never given up on (its input stays uncommitted meanwhile).
+/// Without (inside a transaction, where librdkafka already retried), a failure is final: the
+/// transaction must abort. Returns whether the record was acknowledged.
+async fn deliver(
+    env: &ShardEnv,
+    producer: &FutureProducer,
+    rec: Outgoing,
+    partition: i32,
+    retry: bool,
+) -> bool {
+    let (topic, key, payload, headers, tag, partition) = match &rec {
+        Outgoing::Output(r, tag) => (
+            env.topic(r.dest),
+            r.key.as_deref(),
+            Some(r.payload.as_slice()),
+            r.headers.as_slice(),
+            Some(tag.as_bytes()),
+            None,
+        ),
+        Outgoing::State { key, value } => (
+            env.changelog.as_str(),
+            Some(key.as_slice()),
+            value.as_deref(),
+            &[][..],
+            None,
+            Some(partition),
+        ),
+    };
     let mut backoff = Duration::from_millis(50);
     loop {
-        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
-        for (key, value) in &rec.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+        if let Some(tag) = tag {
+            let mut h = OwnedHeaders::new_with_capacity(headers.len() + 1);
+            for (key, value) in headers {
+                h = h.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            h = h.insert(Header {
+                key: "source.commit",
+                value: Some(tag),
             });
+            record = record.headers(h);
         }
-        let mut record = FutureRecord::to(topic)
-            .payload(&rec.payload)
-            .headers(headers);
-        if let Some(k) = &rec.key {
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        if let Some(k) = key {
             record = record.key(k);
         }
-        let failure = match env.producer.send_result(record) {
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        let failure = match producer.send_result(record) {
             Ok(delivery) => match delivery.await {
-                Ok(Ok(_)) => return,
+                Ok(Ok(_)) => return true,
                 Ok(Err((e, _))) => Some(e),
                 Err(_) => Some(KafkaError::Canceled),
             },
@@ -330,6 +610,9 @@ async fn deliver(env: &ShardEnv, rec: OutRecord) {
         if let Some(e) = failure {
             telemetry::produce_failed(topic, &e, backoff);
             telemetry::produce_error(topic);
+            if !retry {
+                return false;
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -59,6 +59,7 @@ fn run(events: &[Event], every: usize, crashes: &[usize], rules: &Rules) -> Vec<
             let position = InputPosition {
                 resume_at: ledger.done_until().unwrap_or(0),
                 replay_until: offset as i64,
+                arrived_at: 0,
             };
             log.extend(engine.checkpoint(position));
             committed.append(&mut out);
@@ -121,6 +122,7 @@ fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
     let mut log = a.checkpoint(InputPosition {
         resume_at: 1,
         replay_until: 300,
+        arrived_at: 0,
     });
     let profiles = a.profile_count();
     for e in &input[300..] {
@@ -129,6 +131,7 @@ fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
     let mut partial = a.checkpoint(InputPosition {
         resume_at: 2,
         replay_until: 600,
+        arrived_at: 0,
     });
     partial.pop(); // the meta record never made it
     assert!(!partial.is_empty());
@@ -142,7 +145,8 @@ fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
         report.position,
         Some(InputPosition {
             resume_at: 1,
-            replay_until: 300
+            replay_until: 300,
+            arrived_at: 0,
         })
     );
     assert!(report.ignored > 0);
@@ -151,6 +155,7 @@ fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
     let next = b.checkpoint(InputPosition {
         resume_at: 1,
         replay_until: 300,
+        arrived_at: 0,
     });
     let partial_keys: Vec<StateKey> = log
         .iter()
