@@ -13,10 +13,6 @@ use std::alloc::{GlobalAlloc, Layout};
 use mimalloc::MiMalloc as System;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use cxstream::config::Config;
-use cxstream::engine::Engine;
-use cxstream::event::{Action, Channel, Event};
-
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
@@ -51,40 +47,13 @@ fn rss_bytes() -> usize {
         .map_or(0, |pages| pages * 4096)
 }
 
-fn event(id: u64, t: i64, customer: u64, touchpoint: &'static str, action: Action) -> Event {
-    let mut e = Event::new(&format!("e-{id:x}"), t, Channel::Web, touchpoint, action);
-    e.customer_id = Some(format!("c-{customer}").into());
-    e.anonymous_id = Some(format!("a-{customer:x}-5f3e").into());
-    e.segment = Some("consumer".into());
-    e.tier = Some("gold".into());
-    e
-}
-
 fn main() {
     let n: u64 = std::env::var("CXSTREAM_BENCH_PROFILES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let config = Config::example();
     let (heap0, rss0) = (LIVE.load(Relaxed), rss_bytes());
-    let mut engine = Engine::from_config(&config);
-    let mut out = Vec::new();
-    let t0 = 1_800_000_000_000i64;
-    let mut id = 0;
-    // 10,000 events per second of event time: all of them inside the 10 minute dedup window.
-    for c in 0..n {
-        for (tp, action) in [
-            ("account.login", Action::Identify),
-            ("cart.view", Action::View),
-            ("checkout.start", Action::View),
-        ] {
-            id += 1;
-            engine.ingest(event(id, t0 + (id as i64) / 10, c, tp, action), &mut out);
-        }
-        out.clear();
-    }
-    engine.flush(&mut out);
-    assert!(out.is_empty(), "no alerts expected");
+    let engine = cxstream::sim::open_checkouts(n, false);
     let open = engine.open_journeys();
     assert_eq!(open as u64, n);
     let heap = LIVE.load(Relaxed) - heap0;

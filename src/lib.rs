@@ -13,7 +13,8 @@
 //! - [`replay`]: runs the engine over recorded files (backtesting).
 //! - [`sim`]: a deterministic generator of realistic omnichannel traffic.
 //! - [`service`]: the Kafka service (`cxstream run`): consumer group, one shard per
-//!   partition, outputs and dead letters, at-least-once commits.
+//!   partition, outputs and dead letters, state in a changelog topic, exactly-once commits.
+//! - [`engine::snapshot`]: engine state as incremental changelog records, and restore.
 //! - [`telemetry`]: the service's internal events (logs), emitted in one place.
 //! - [`cli`]: the command line (`main.rs` only parses and dispatches).
 //!

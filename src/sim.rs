@@ -504,6 +504,45 @@ pub fn person_key(e: &Event) -> CompactString {
     }
 }
 
+/// An engine on the example config holding `n` profiles, each with one open checkout: a
+/// login, `cart.view` and `checkout.start` per customer, 10,000 events per second of event
+/// time (all within the dedup window). The state the memory and restore benchmarks measure;
+/// `tracked`: the engine records changes from the start (as the service's shards do), so its
+/// checkpoint holds the dedup window too.
+pub fn open_checkouts(n: u64, tracked: bool) -> crate::engine::Engine {
+    let mut engine = crate::engine::Engine::from_config(&crate::config::Config::example());
+    if tracked {
+        engine.track_changes();
+    }
+    let mut out = Vec::new();
+    let t0 = 1_800_000_000_000i64;
+    let mut id = 0u64;
+    for c in 0..n {
+        for (tp, action) in [
+            ("account.login", Action::Identify),
+            ("cart.view", Action::View),
+            ("checkout.start", Action::View),
+        ] {
+            id += 1;
+            let mut e = Event::new(
+                &format!("e-{id:x}"),
+                t0 + (id as i64) / 10,
+                Channel::Web,
+                tp,
+                action,
+            );
+            e.customer_id = Some(format!("c-{c}").into());
+            e.anonymous_id = Some(format!("a-{c:x}-5f3e").into());
+            e.segment = Some("consumer".into());
+            e.tier = Some("gold".into());
+            engine.ingest(e, &mut out);
+        }
+        out.clear();
+    }
+    engine.flush(&mut out);
+    engine
+}
+
 /// An engine on the example config that has seen 90% of `customers` (the simulator's last
 /// customers start their first session late), and the simulator to continue from: the warm,
 /// realistic state benchmarks and profiling start from. Outputs are discarded.

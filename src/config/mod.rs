@@ -932,6 +932,8 @@ type_weight = { bogus = 1.0 }
         assert_eq!(e.http.listen, d.http.listen);
         assert_eq!(e.metrics.segments, d.metrics.segments);
         assert_eq!(e.engine.idle_advance, d.engine.idle_advance);
+        assert_eq!(e.engine.commit_interval, d.engine.commit_interval);
+        assert_eq!(e.processing.guarantee, d.processing.guarantee);
         assert_eq!(e.engine.max_profiles, d.engine.max_profiles);
     }
 }

@@ -27,6 +27,9 @@ use crate::journey::{Instance, InstanceExtra, Recent, StepState};
 use crate::profile::{Closed, Profile, ProfileExtra};
 use crate::proto::state as pb;
 
+/// Most event ids in one dedup batch record (~18 bytes each encoded: ~360 KB).
+const DEDUP_BATCH: usize = 20_000;
+
 /// What identifies a changelog record within one input partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StateKey {
@@ -321,13 +324,14 @@ impl Engine {
                 value,
             });
         }
-        if !c.applied.is_empty() {
+        // Batches of at most DEDUP_BATCH ids: a record stays far below Kafka's default 1 MB
+        // message limit however many events a commit interval holds.
+        for chunk in c.applied.chunks(DEDUP_BATCH) {
             let batch = pb::DedupBatch {
-                max_time: c.applied.iter().map(|a| a.0).max().unwrap_or(Millis::MIN),
-                times: c.applied.iter().map(|a| a.0).collect(),
-                ids: c.applied.iter().map(|a| a.1).collect(),
+                max_time: chunk.iter().map(|a| a.0).max().unwrap_or(Millis::MIN),
+                times: chunk.iter().map(|a| a.0).collect(),
+                ids: chunk.iter().map(|a| a.1).collect(),
             };
-            c.applied.clear();
             let seq = c.next_batch;
             c.next_batch += 1;
             c.batches.push_back((seq, batch.max_time));
@@ -336,6 +340,7 @@ impl Engine {
                 value: Some(batch.encode_to_vec()),
             });
         }
+        c.applied.clear();
         // A batch is dropped once every id in it is past the window (the filter forgot them).
         let horizon = self.watermark.saturating_sub(self.rules.dedup_window);
         while let Some(&(seq, max_time)) = c.batches.front() {

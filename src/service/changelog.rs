@@ -113,7 +113,7 @@ impl rdkafka::consumer::ConsumerContext for EndAware {}
 
 /// Rebuilds the shard of input `topic`/`partition` from the changelog. Blocking: run it off
 /// the async runtime.
-pub(crate) fn restore(
+pub fn restore(
     c: &Config,
     rules: Rules,
     topic: &str,
@@ -126,7 +126,13 @@ pub(crate) fn restore(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // Large fetches: a restore reads one partition from start to end as fast as it can.
+        .set("fetch.max.bytes", "104857600")
+        .set("max.partition.fetch.bytes", "52428800")
+        .set("queued.min.messages", "1000000")
+        // The end is detected by an empty fetch: do not let the broker hold it back.
+        .set("fetch.wait.max.ms", "10");
     let consumer: BaseConsumer<EndAware> = cc
         .create_with_context(EndAware)
         .context("cannot create the changelog reader")?;

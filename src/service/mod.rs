@@ -1,18 +1,21 @@
 //! The Kafka service (`cxstream run`): interaction events in, alerts, journey summaries and
-//! dead letters out, at least once.
+//! dead letters out, exactly once (Kafka transactions) or at least once
+//! (`processing.guarantee`), with shard state kept in a changelog topic.
 //!
-//! - [`consumer`]: one OS thread polls the consumer group and follows rebalances.
+//! - [`consumer`]: one OS thread polls the consumer group and follows rebalances (restoring
+//!   assigned shards before their input is read).
+//! - [`changelog`]: the changelog topic: creation, restore, transactional producers.
 //! - [`shard`]: one task per assigned partition owns that partition's [`crate::engine::Engine`]
 //!   (no locks on the hot path); tasks are spread over the runtime's worker threads.
-//! - [`ledger`]: which input offset may be committed (only once every output it caused has
-//!   been acknowledged by the broker).
+//! - [`ledger`]: which input offset a commit may record (the oldest event not yet applied,
+//!   once every output before it has been acknowledged).
 //! - [`records`]: the bytes and headers written to each output topic.
 //!
 //! Queues between the consumer, shards and producer are bounded: a shard stops taking input
 //! while `service.max_in_flight` outputs await acknowledgement, and a full shard queue pauses
 //! its partition, so a slow broker slows consumption instead of growing memory.
 
-mod changelog;
+pub mod changelog;
 mod consumer;
 pub mod http;
 pub mod ledger;

@@ -206,3 +206,17 @@ fn keys_round_trip_and_stay_within_their_topic() {
     assert_eq!(StateKey::parse("t", b"t/x1"), None);
     assert_eq!(StateKey::parse("t", b"t/pnope"), None);
 }
+
+#[test]
+fn the_dedup_window_is_written_in_bounded_records() {
+    let mut a = crate::sim::open_checkouts(15_000, true); // 45,000 events applied
+    let recs = a.checkpoint(InputPosition::default());
+    let batches: Vec<&StateRecord> = recs
+        .iter()
+        .filter(|r| matches!(r.key, StateKey::Dedup(_)))
+        .collect();
+    assert_eq!(batches.len(), 3, "45,000 ids in batches of at most 20,000");
+    assert!(batches
+        .iter()
+        .all(|r| r.value.as_ref().unwrap().len() < 500_000));
+}
