@@ -1,4 +1,4 @@
-//! Restore speed: how long a shard with `CXSTREAM_BENCH_JOURNEYS` open journeys (default
+//! Restore speed: how long a shard with `CXSTREAM_BENCH_PROFILES` open journeys (default
 //! 1,000,000; one profile each, the memory benchmark's state) takes to come back.
 //!
 //! 1. From its changelog records in memory (decode and rebuild: index, timers, dedup), the
@@ -40,7 +40,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let n: u64 = env_or("CXSTREAM_BENCH_JOURNEYS", 1_000_000);
+    let n: u64 = env_or("CXSTREAM_BENCH_PROFILES", 1_000_000);
     let config = Config::example();
     let rules = Rules::new(&config);
 
