@@ -65,6 +65,9 @@ fn main() {
     config.http.listen = "127.0.0.1:0".into();
     config.engine.idle_advance = Duration::from_secs(3600);
     config.service.shard_queue = env_or("CXSTREAM_BENCH_SHARD_QUEUE", config.service.shard_queue);
+    if std::env::var("CXSTREAM_BENCH_GUARANTEE").as_deref() == Ok("at_least_once") {
+        config.processing.guarantee = cxstream::config::Guarantee::AtLeastOnce;
+    }
     config
         .kafka
         .consumer
@@ -189,22 +192,19 @@ fn main() {
             .await
             .unwrap();
         let started = Instant::now();
-        let group: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &config.kafka.group_id)
-            .create()
-            .unwrap();
+        // Committed: the position in each shard's last committed changelog meta record.
         loop {
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..PARTITIONS {
-                tpl.add_partition(&input, p);
-            }
-            let got = group
-                .committed_offsets(tpl, Duration::from_secs(5))
-                .unwrap();
-            let done = (0..PARTITIONS).all(|p| {
-                matches!(got.find_partition(&input, p).map(|e| e.offset()),
-                    Some(Offset::Offset(o)) if o >= per_partition[p as usize] - 1)
+            let c = config.clone();
+            let input = input.clone();
+            let got = tokio::task::spawn_blocking(move || {
+                cxstream::service::changelog::committed_positions(&c, &input, PARTITIONS)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            let done = got.iter().enumerate().all(|(p, m)| {
+                m.as_ref()
+                    .is_some_and(|m| m.input_offset >= per_partition[p] - 1)
             });
             if done {
                 break;
@@ -217,9 +217,10 @@ fn main() {
         assert!(report.clean);
         println!(
             "pipeline: {total} events, {workers} worker threads: bare consumer {:.0} msg/s; \
-             cxstream run (decode, engine, outputs acknowledged, offsets committed) {:.0} events/s \
+             cxstream run {:?} (decode, engine, outputs, state and offsets committed) {:.0} events/s \
              = {:.0}% of the bare consumer ({:.1} s from assignment)",
             bare_rate,
+            config.processing.guarantee,
             rate,
             100.0 * rate / bare_rate,
             took.as_secs_f64()

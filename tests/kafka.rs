@@ -341,15 +341,6 @@ fn actual(broker: &Broker, n: &Names, expected: &[String]) -> Vec<String> {
     lines
 }
 
-/// A reader that reads to the end: the end of a partition is expected, not an error to log.
-struct EndAware;
-
-impl rdkafka::ClientContext for EndAware {
-    fn error(&self, _: rdkafka::error::KafkaError, _: &str) {}
-}
-
-impl rdkafka::consumer::ConsumerContext for EndAware {}
-
 /// Per shard (`<input topic>/<partition>`), the number of its last commit in the changelog.
 fn last_commits(bootstrap: &str, n: &Names) -> std::collections::HashMap<String, u64> {
     let partitions = {
@@ -384,41 +375,18 @@ type Position = (i64, i64, u64);
 /// Per partition, the committed (input position, read until, commit number) of its last meta
 /// record ((-1, -1, 0): none).
 fn positions(bootstrap: &str, n: &Names, partitions: i32) -> Vec<Position> {
-    use cxstream::engine::snapshot::StateKey;
-    use prost::Message as _;
-    let changelog = format!("{}-state", n.group);
-    let c: BaseConsumer<EndAware> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("reader-{:x}", fastrand::u64(..)))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create_with_context(EndAware)
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(&changelog, p, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let mut at = vec![(-1, -1, 0); partitions as usize];
-    let mut eof = 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while eof < partitions && Instant::now() < deadline {
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m))
-                if m.key().and_then(|k| StateKey::parse(&n.input, k)) == Some(StateKey::Meta) =>
-            {
-                let payload = m.payload().unwrap_or_default();
-                let meta = cxstream::proto::state::ShardMeta::decode(payload).unwrap();
-                at[m.partition() as usize] =
-                    (meta.input_offset, meta.replay_until, meta.commit_seq);
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
-            _ => {}
-        }
-    }
-    at
+    let mut c = Config::example();
+    c.kafka.brokers = bootstrap.to_string();
+    c.kafka.group_id = n.group.clone();
+    cxstream::service::changelog::committed_positions(&c, &n.input, partitions)
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            m.map_or((-1, -1, 0), |m| {
+                (m.input_offset, m.replay_until, m.commit_seq)
+            })
+        })
+        .collect()
 }
 
 /// Waits until each partition's committed state has read (not necessarily applied) `want`

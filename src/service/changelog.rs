@@ -166,6 +166,56 @@ pub fn restore(
     Ok((engine, report, started.elapsed()))
 }
 
+/// The last committed meta record of each shard of input `topic` (partitions `0..partitions`),
+/// as a `read_committed` reader of the changelog sees it: where each partition's processing
+/// stands (input position, messages read, commit number). Blocking.
+pub fn committed_positions(
+    c: &Config,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<Vec<Option<crate::proto::state::ShardMeta>>> {
+    use prost::Message as _;
+    let changelog = c.topics.changelog(&c.kafka.group_id);
+    let mut cc = base_config(c);
+    cc.set("group.id", format!("{}-positions", c.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10");
+    let consumer: BaseConsumer<EndAware> = cc
+        .create_with_context(EndAware)
+        .context("cannot create the changelog reader")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&changelog, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = vec![None; partitions as usize];
+    let mut ended = 0;
+    let started = Instant::now();
+    while ended < partitions {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let key = m.key().and_then(|k| StateKey::parse(topic, k));
+                if let (Some(StateKey::Meta), Some(slot)) =
+                    (key, out.get_mut(m.partition() as usize))
+                {
+                    *slot = Some(crate::proto::state::ShardMeta::decode(
+                        m.payload().unwrap_or_default(),
+                    )?);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => ended += 1,
+            Some(Err(e)) => telemetry::consumer_error(&e),
+            None => {}
+        }
+        if started.elapsed() > PATIENCE {
+            bail!("reading {changelog:?} made no progress for {PATIENCE:?}");
+        }
+    }
+    Ok(out)
+}
+
 /// The transactional producer of one shard. Its `transactional.id` is the partition's, so a
 /// new owner's [`Producer::init_transactions`] fences the previous owner (a zombie can no
 /// longer commit) and aborts its unfinished transaction. Blocking.
