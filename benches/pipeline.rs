@@ -197,13 +197,13 @@ fn main() {
             let c = config.clone();
             let input = input.clone();
             let got = tokio::task::spawn_blocking(move || {
-                cxstream::service::changelog::committed_positions(&c, &input, PARTITIONS)
+                cxstream::service::changelog::committed_metas(&c, &input, PARTITIONS)
             })
             .await
             .unwrap()
             .unwrap();
             let done = got.iter().enumerate().all(|(p, m)| {
-                m.as_ref()
+                m.last()
                     .is_some_and(|m| m.input_offset >= per_partition[p] - 1)
             });
             if done {

@@ -80,6 +80,8 @@ pub struct InputPosition {
     /// Wall clock (ms) when the newest message arrived, as the service saw it (the engine
     /// only stores it).
     pub arrived_at: Millis,
+    /// Which incarnation of the shard wrote the checkpoint (the service's random id).
+    pub writer: u64,
 }
 
 /// Change tracking, switched on by [`Engine::track_changes`].
@@ -197,6 +199,7 @@ impl Restore {
             resume_at: meta.input_offset,
             replay_until: meta.replay_until,
             arrived_at: meta.arrived_at,
+            writer: meta.writer,
         });
         engine.watermark = meta.watermark;
         engine.max_seen = meta.max_seen;
@@ -363,6 +366,7 @@ impl Engine {
             dedup_seq: c.next_batch,
             arrived_at: position.arrived_at,
             commit_seq: c.commits + 1,
+            writer: position.writer,
         };
         c.commits += 1;
         out.push(StateRecord {

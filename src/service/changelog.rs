@@ -103,7 +103,7 @@ struct EndAware;
 
 impl rdkafka::ClientContext for EndAware {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
             telemetry::client_error(&error, reason);
         }
     }
@@ -166,14 +166,14 @@ pub fn restore(
     Ok((engine, report, started.elapsed()))
 }
 
-/// The last committed meta record of each shard of input `topic` (partitions `0..partitions`),
-/// as a `read_committed` reader of the changelog sees it: where each partition's processing
-/// stands (input position, messages read, commit number). Blocking.
-pub fn committed_positions(
+/// The committed meta records of each shard of input `topic` (partitions `0..partitions`), in
+/// log order, as a `read_committed` reader of the changelog sees them: the last one says where
+/// the partition's processing stands (input position, messages read, commit number). Blocking.
+pub fn committed_metas(
     c: &Config,
     topic: &str,
     partitions: i32,
-) -> anyhow::Result<Vec<Option<crate::proto::state::ShardMeta>>> {
+) -> anyhow::Result<Vec<Vec<crate::proto::state::ShardMeta>>> {
     use prost::Message as _;
     let changelog = c.topics.changelog(&c.kafka.group_id);
     let mut cc = base_config(c);
@@ -190,7 +190,7 @@ pub fn committed_positions(
         tpl.add_partition_offset(&changelog, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let mut out = vec![None; partitions as usize];
+    let mut out = vec![Vec::new(); partitions as usize];
     let mut ended = 0;
     let started = Instant::now();
     while ended < partitions {
@@ -200,7 +200,7 @@ pub fn committed_positions(
                 if let (Some(StateKey::Meta), Some(slot)) =
                     (key, out.get_mut(m.partition() as usize))
                 {
-                    *slot = Some(crate::proto::state::ShardMeta::decode(
+                    slot.push(crate::proto::state::ShardMeta::decode(
                         m.payload().unwrap_or_default(),
                     )?);
                 }

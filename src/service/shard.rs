@@ -171,6 +171,8 @@ pub(crate) struct Shard {
     changed: bool,
     /// Why the shard cannot go on (a failed transactional delivery).
     failure: Option<String>,
+    /// This incarnation's random id, in its commits and its outputs' `source.commit` header.
+    writer: u64,
     /// Input position published for the consumer to commit (`at_least_once`; -1: none yet).
     progress: Arc<AtomicI64>,
     metrics: telemetry::ShardMetrics,
@@ -203,6 +205,7 @@ impl Shard {
             replay_until: start.position.map_or(i64::MIN, |p| p.replay_until),
             changed: false,
             failure: None,
+            writer: fastrand::u64(..),
             progress,
         }
     }
@@ -382,14 +385,15 @@ impl Shard {
         self.out.clear();
     }
 
-    /// `<input topic>/<partition>/<commit number>`: a reader can tell which commit (and, with
-    /// `exactly_once`, which transaction) an output belongs to.
+    /// `<input topic>/<partition>/<commit number>/<writer>`: which commit (with
+    /// `exactly_once`, which transaction) of which shard incarnation an output belongs to.
     fn commit_tag(&self) -> String {
         format!(
-            "{}/{}/{}",
+            "{}/{}/{}/{:x}",
             self.topic,
             self.partition,
-            self.engine.next_commit()
+            self.engine.next_commit(),
+            self.writer
         )
     }
 
@@ -443,6 +447,7 @@ impl Shard {
             resume_at,
             replay_until: self.replay_until.max(next),
             arrived_at,
+            writer: self.writer,
         });
         let bytes: usize = records
             .iter()

@@ -60,6 +60,7 @@ fn run(events: &[Event], every: usize, crashes: &[usize], rules: &Rules) -> Vec<
                 resume_at: ledger.done_until().unwrap_or(0),
                 replay_until: offset as i64,
                 arrived_at: 0,
+                writer: 0,
             };
             log.extend(engine.checkpoint(position));
             committed.append(&mut out);
@@ -123,6 +124,7 @@ fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
         resume_at: 1,
         replay_until: 300,
         arrived_at: 0,
+        writer: 0,
     });
     let profiles = a.profile_count();
     for e in &input[300..] {
@@ -132,6 +134,7 @@ fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
         resume_at: 2,
         replay_until: 600,
         arrived_at: 0,
+        writer: 0,
     });
     partial.pop(); // the meta record never made it
     assert!(!partial.is_empty());
@@ -147,6 +150,7 @@ fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
             resume_at: 1,
             replay_until: 300,
             arrived_at: 0,
+            writer: 0,
         })
     );
     assert!(report.ignored > 0);
@@ -156,6 +160,7 @@ fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
         resume_at: 1,
         replay_until: 300,
         arrived_at: 0,
+        writer: 0,
     });
     let partial_keys: Vec<StateKey> = log
         .iter()
