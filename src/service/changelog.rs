@@ -111,6 +111,25 @@ impl rdkafka::ClientContext for EndAware {
 
 impl rdkafka::consumer::ConsumerContext for EndAware {}
 
+/// A `read_committed` reader of the changelog that reads partitions to their end (assigned, not
+/// subscribed: the group id only names it).
+fn reader(c: &Config, purpose: &str) -> anyhow::Result<BaseConsumer<EndAware>> {
+    let mut cc = base_config(c);
+    cc.set("group.id", format!("{}-{purpose}", c.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        // Large fetches: a partition is read from start to end as fast as it can be.
+        .set("fetch.max.bytes", "104857600")
+        .set("max.partition.fetch.bytes", "52428800")
+        .set("queued.min.messages", "1000000")
+        // The end is detected by an empty fetch: do not let the broker hold it back.
+        .set("fetch.wait.max.ms", "10");
+    cc.create_with_context(EndAware)
+        .context("cannot create the changelog reader")
+}
+
 /// Rebuilds the shard of input `topic`/`partition` from the changelog. Blocking: run it off
 /// the async runtime.
 pub fn restore(
@@ -121,21 +140,7 @@ pub fn restore(
 ) -> anyhow::Result<(Engine, RestoreReport, Duration)> {
     let started = Instant::now();
     let changelog = c.topics.changelog(&c.kafka.group_id);
-    let mut cc = base_config(c);
-    cc.set("group.id", format!("{}-restore", c.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        // Large fetches: a restore reads one partition from start to end as fast as it can.
-        .set("fetch.max.bytes", "104857600")
-        .set("max.partition.fetch.bytes", "52428800")
-        .set("queued.min.messages", "1000000")
-        // The end is detected by an empty fetch: do not let the broker hold it back.
-        .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer<EndAware> = cc
-        .create_with_context(EndAware)
-        .context("cannot create the changelog reader")?;
+    let consumer = reader(c, "restore")?;
     let (low, high) = consumer
         .fetch_watermarks(&changelog, partition, PATIENCE)
         .with_context(|| format!("cannot read the offsets of {changelog:?} [{partition}]"))?;
@@ -176,15 +181,7 @@ pub fn committed_metas(
 ) -> anyhow::Result<Vec<Vec<crate::proto::state::ShardMeta>>> {
     use prost::Message as _;
     let changelog = c.topics.changelog(&c.kafka.group_id);
-    let mut cc = base_config(c);
-    cc.set("group.id", format!("{}-positions", c.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer<EndAware> = cc
-        .create_with_context(EndAware)
-        .context("cannot create the changelog reader")?;
+    let consumer = reader(c, "positions")?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(&changelog, p, Offset::Beginning)?;
