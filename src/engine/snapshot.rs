@@ -96,8 +96,8 @@ pub(super) struct Changes {
     next_batch: u64,
     /// Checkpoints written (restored from the meta record).
     commits: u64,
-    /// Keys of an unfinished checkpoint found at restore, to be overwritten.
-    stale: Vec<StateKey>,
+    /// Records overwriting what an unfinished checkpoint found at restore wrote.
+    stale: Vec<StateRecord>,
 }
 
 impl Changes {
@@ -192,7 +192,14 @@ impl Restore {
         let Some(meta) = self.meta else {
             // No finished checkpoint: start empty, but clear what an unfinished one wrote.
             let c = engine.changes.as_mut().expect("tracking");
-            c.stale = self.staged.iter().map(|(k, _)| *k).collect();
+            c.stale = self
+                .staged
+                .iter()
+                .map(|(key, _)| StateRecord {
+                    key: *key,
+                    value: None,
+                })
+                .collect();
             return Ok((engine, report));
         };
         report.position = Some(InputPosition {
@@ -248,8 +255,15 @@ impl Restore {
         for (k, _) in &self.staged {
             match *k {
                 StateKey::Profile(s) if (s as usize) < slots => c.touch(s),
-                StateKey::Dedup(n) if c.batches.iter().any(|b| b.0 == n) => {}
-                k => c.stale.push(k),
+                // A live batch the unfinished checkpoint overwrote: written again as restored.
+                StateKey::Dedup(n) => {
+                    let value = dedup
+                        .iter()
+                        .find(|(seq, _)| *seq == n)
+                        .map(|(_, b)| b.encode_to_vec());
+                    c.stale.push(StateRecord { key: *k, value });
+                }
+                key => c.stale.push(StateRecord { key, value: None }),
             }
         }
         for (slot, p) in profiles.iter().enumerate() {
@@ -305,9 +319,7 @@ impl Engine {
         self.track_changes();
         let mut c = self.changes.take().expect("tracking");
         let mut out = Vec::with_capacity(c.dirty.len() + c.stale.len() + 3);
-        for key in c.stale.drain(..) {
-            out.push(StateRecord { key, value: None });
-        }
+        out.append(&mut c.stale);
         let mut buf = Vec::new();
         for slot in c.dirty.drain(..) {
             c.marked[slot as usize] = false;

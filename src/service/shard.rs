@@ -404,9 +404,10 @@ impl Shard {
         let producer = self.producer.clone();
         let partition = self.partition;
         let retry = !self.transactional;
+        let output = matches!(rec, Outgoing::Output(..));
         self.deliveries.push(Box::pin(async move {
             let ok = deliver(&env, &producer, rec, partition, retry).await;
-            if ok {
+            if ok && output {
                 telemetry::output_acknowledged(cause.elapsed());
             }
             (token, ok)
