@@ -750,11 +750,13 @@ async fn sigterm_mid_run_exits_cleanly_and_a_restart_finishes_with_nothing_lost_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_sigkill_loses_and_repeats_nothing() {
     let broker = Broker::new();
-    if let Broker::External(_) = broker {
-        // Against tansu 0.6 a restarted instance stopped making progress after ~5 kills
-        // (not investigated: group coordination with killed members or its fetch offsets);
-        // the graceful-stop and scale-out tests cover at_least_once on external brokers.
-        eprintln!("skipped on an external broker: the crash test runs on the mock cluster");
+    let opt_in = std::env::var("CXSTREAM_CRASH_ON_EXTERNAL").is_ok();
+    if let (Broker::External(_), false) = (&broker, opt_in) {
+        // Against tansu 0.6 it passes when run alone (CXSTREAM_CRASH_ON_EXTERNAL=1), but once,
+        // run alongside the other tests, a restarted instance made no progress for 60 s after
+        // 5 kills (not investigated). The graceful-stop and scale-out tests cover
+        // at_least_once on external brokers in CI.
+        eprintln!("skipped on an external broker unless CXSTREAM_CRASH_ON_EXTERNAL is set");
         return;
     }
     let n = names("crash");
