@@ -8,6 +8,12 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 cargo bench --bench engine
 cargo bench --bench memory
 cargo bench --bench restore
+for guarantee in at_least_once exactly_once; do
+    for lateness in 0s 5s; do
+        CXSTREAM_BENCH_GUARANTEE=$guarantee CXSTREAM_BENCH_LATENESS=$lateness \
+            CXSTREAM_BENCH_RATE=20000 CXSTREAM_BENCH_EVENTS=200000 cargo bench --bench latency
+    done
+done
 for run in 1 2 3; do
     for guarantee in at_least_once exactly_once; do
         CXSTREAM_BENCH_GUARANTEE=$guarantee CXSTREAM_BENCH_EVENTS="${CXSTREAM_BENCH_EVENTS:-100000}" \

@@ -1,0 +1,187 @@
+//! Latency: from an event being produced to the alert it triggers being readable downstream
+//! (a `read_committed` consumer of the alerts topic), at a steady input rate.
+//!
+//! Event times are the wall clock at produce time, so the watermark follows real time as in
+//! production. Only alerts an event triggers are timed (each alert's last evidence event is
+//! its trigger); drop-off and slow-step alerts are fired by timers, not events, and are not.
+//!
+//! Run: `cargo bench --bench latency` with `CXSTREAM_BENCH_RATE` (events/s, default 20,000),
+//! `CXSTREAM_BENCH_EVENTS` (default 20 seconds' worth), `CXSTREAM_BENCH_LATENESS` (`engine.allowed_lateness`,
+//! default the config's 5s; e.g. `0s`), `CXSTREAM_BENCH_GUARANTEE` (`exactly_once`, the
+//! default, or `at_least_once`) and `CXSTREAM_BENCH_COMMIT` (`engine.commit_interval`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cxstream::config::{Config, Guarantee, OutputFormat};
+use cxstream::loadgen::encode;
+use cxstream::service::Service;
+use cxstream::sim::{person_key, SimConfig, Simulator};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+const PARTITIONS: i32 = 4;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn main() {
+    let rate: u64 = env_or("CXSTREAM_BENCH_RATE", 20_000);
+    let total: u64 = env_or("CXSTREAM_BENCH_EVENTS", rate * 20);
+    let seconds = total as f64 / rate as f64;
+    let mut config = Config::example();
+    if let Ok(l) = std::env::var("CXSTREAM_BENCH_LATENESS") {
+        config.engine.allowed_lateness = humantime::parse_duration(&l).expect("a duration");
+    }
+    if let Ok(c) = std::env::var("CXSTREAM_BENCH_COMMIT") {
+        config.engine.commit_interval = humantime::parse_duration(&c).expect("a duration");
+    }
+    // The mock cluster answers a fetch only after `fetch.wait.max.ms` (500 ms by default)
+    // even when data is waiting, which a real broker does not: that alone put the median at
+    // ~270 ms. A real broker's fetches return as soon as one message is there.
+    config
+        .kafka
+        .consumer
+        .0
+        .insert("fetch.wait.max.ms".into(), "5".into());
+    if std::env::var("CXSTREAM_BENCH_GUARANTEE").as_deref() == Ok("at_least_once") {
+        config.processing.guarantee = Guarantee::AtLeastOnce;
+    }
+    let mock = MockCluster::new(1).unwrap();
+    let tag = format!("{:x}", fastrand::u64(..));
+    config.kafka.brokers = mock.bootstrap_servers();
+    config.kafka.group_id = format!("latency-{tag}");
+    config.topics.input = vec![format!("lat-in-{tag}")];
+    config.topics.alerts = format!("lat-alerts-{tag}");
+    config.topics.journeys = format!("lat-journeys-{tag}");
+    config.topics.dead_letter = format!("lat-dlq-{tag}");
+    config.http.listen = "127.0.0.1:0".into();
+    let t = config.topics.clone();
+    for (name, n) in [
+        (t.input[0].clone(), PARTITIONS),
+        (t.alerts.clone(), PARTITIONS),
+        (t.journeys.clone(), PARTITIONS),
+        (t.dead_letter.clone(), 1),
+        (t.changelog(&config.kafka.group_id), PARTITIONS),
+    ] {
+        mock.create_topic(&name, n, 1).unwrap();
+    }
+
+    // When each event was handed to the producer, by event id.
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let (sent, latencies, reading) = (sent.clone(), latencies.clone(), reading.clone());
+        let brokers = mock.bootstrap_servers();
+        let topic = t.alerts.clone();
+        std::thread::spawn(move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", format!("lat-reader-{tag}"))
+                .set("auto.offset.reset", "earliest")
+                .set("isolation.level", "read_committed")
+                .set("fetch.wait.max.ms", "5")
+                .create()
+                .unwrap();
+            c.subscribe(&[topic.as_str()]).unwrap();
+            while reading.load(std::sync::atomic::Ordering::Acquire) {
+                let Some(Ok(m)) = c.poll(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let arrived = Instant::now();
+                let alert: cxstream::alert::Alert =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+                if matches!(alert.alert_type.as_str(), "drop_off" | "slow_step") {
+                    continue;
+                }
+                let Some(trigger) = alert.evidence.last() else {
+                    continue;
+                };
+                if let Some(at) = sent.lock().unwrap().get(trigger.as_str()) {
+                    latencies.lock().unwrap().push(arrived - *at);
+                }
+            }
+        })
+    };
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let service = Service::start(&config).await.unwrap();
+        let mut status = service.status();
+        status
+            .wait_for(|s| s.assigned.len() == PARTITIONS as usize)
+            .await
+            .unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("linger.ms", "1")
+            .create()
+            .unwrap();
+        let mut sim = Simulator::new(SimConfig {
+            seed: 11,
+            // About 20 events per customer over the run: sessions long enough for friction.
+            customers: (total / 20).max(50),
+            ..SimConfig::default()
+        });
+        let started = Instant::now();
+        let mut pending = Vec::new();
+        let mut n = 0u64;
+        while n < total {
+            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+            while n < due.min(total) {
+                let mut e = sim.next().expect("the simulator is endless");
+                e.occurred_at = cxstream::clock::now_millis();
+                let payload = encode(&e, OutputFormat::Protobuf);
+                let key = person_key(&e);
+                sent.lock()
+                    .unwrap()
+                    .insert(e.event_id.to_string(), Instant::now());
+                let rec = FutureRecord::to(&t.input[0]).key(key.as_bytes()).payload(&payload);
+                pending.push(producer.send_result(rec).map_err(|e| e.0).unwrap());
+                n += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let behind = started.elapsed().as_secs_f64() - seconds;
+        for p in pending {
+            p.await.unwrap().unwrap();
+        }
+        // Let the last commits and reads happen.
+        tokio::time::sleep(config.engine.commit_interval + config.engine.allowed_lateness + Duration::from_secs(2)).await;
+        reading.store(false, std::sync::atomic::Ordering::Release);
+        assert!(service.stop().await.clean);
+        println!("latency: produced {total} events at {rate}/s over {seconds:.1} s (producer {behind:.1} s behind at the end)");
+    });
+    reader.join().unwrap();
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort();
+    if l.is_empty() {
+        println!("latency: no event-triggered alert was read (too few events?)");
+        return;
+    }
+    println!(
+        "latency: {:?}, allowed_lateness {:?}, commit_interval {:?}: {} alerts, p50 {:.1?}, p99 {:.1?}, p99.9 {:.1?}, max {:.1?}",
+        config.processing.guarantee,
+        config.engine.allowed_lateness,
+        config.engine.commit_interval,
+        l.len(),
+        percentile(&l, 0.5),
+        percentile(&l, 0.99),
+        percentile(&l, 0.999),
+        l[l.len() - 1]
+    );
+}
