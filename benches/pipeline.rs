@@ -14,21 +14,15 @@ use cxstream::event::{Action, Channel, Event};
 use cxstream::loadgen::encode;
 use cxstream::service::Service;
 use cxstream::sim::{person_key, SimConfig, Simulator};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-const PARTITIONS: i32 = 4;
+mod common;
+use common::{create_topics, env_or};
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const PARTITIONS: i32 = 4;
 
 fn partition_of(key: &str) -> i32 {
     (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % PARTITIONS as u64) as i32
@@ -77,35 +71,19 @@ fn main() {
 
     rt.block_on(async {
         let t = &config.topics;
-        let topics = [
-            (&input, PARTITIONS),
-            (&t.alerts, 1),
-            (&t.journeys, 1),
-            (&t.dead_letter, 1),
-        ];
-        match &mock {
-            Some(m) => {
-                for (name, parts) in topics {
-                    m.create_topic(name, parts, 1).unwrap();
-                }
-                m.create_topic(&t.changelog(&config.kafka.group_id), PARTITIONS, 1)
-                    .unwrap();
-            }
-            None => {
-                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", &brokers)
-                    .create()
-                    .unwrap();
-                let new: Vec<_> = topics
-                    .iter()
-                    .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
-                    .collect();
-                admin
-                    .create_topics(&new, &AdminOptions::new())
-                    .await
-                    .unwrap();
-            }
-        }
+        let changelog = t.changelog(&config.kafka.group_id);
+        create_topics(
+            mock.as_ref(),
+            &brokers,
+            &[
+                (&input, PARTITIONS, false),
+                (&t.alerts, 1, false),
+                (&t.journeys, 1, false),
+                (&t.dead_letter, 1, false),
+                (&changelog, PARTITIONS, true),
+            ],
+        )
+        .await;
 
         // Pre-produce: the simulator's mix, then a far-future sentinel per partition.
         let producer: FutureProducer = ClientConfig::new()

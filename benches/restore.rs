@@ -15,18 +15,12 @@ use std::time::{Duration, Instant};
 use cxstream::config::Config;
 use cxstream::engine::snapshot::{InputPosition, Restore, StateRecord};
 use cxstream::engine::Rules;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::{create_topics, env_or};
 
 fn records(n: u64) -> Vec<StateRecord> {
     let mut engine = cxstream::sim::open_checkouts(n, true);
@@ -92,21 +86,7 @@ fn main() {
     let input = c.topics.input[0].clone();
     let recs = records(kafka_n);
     rt.block_on(async {
-        match &mock {
-            Some(m) => m.create_topic(&changelog, 1, 1).unwrap(),
-            None => {
-                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", &brokers)
-                    .create()
-                    .unwrap();
-                let t = NewTopic::new(&changelog, 1, TopicReplication::Fixed(1))
-                    .set("cleanup.policy", "compact");
-                admin
-                    .create_topics(&[t], &AdminOptions::new())
-                    .await
-                    .unwrap();
-            }
-        }
+        create_topics(mock.as_ref(), &brokers, &[(&changelog, 1, true)]).await;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("linger.ms", "20")

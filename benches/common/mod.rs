@@ -1,0 +1,53 @@
+//! Helpers shared by the Kafka benchmarks (each bench uses a subset).
+#![allow(dead_code)]
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::ClientConfig;
+
+/// A setting from the environment, or its default.
+pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Creates `(name, partitions, compacted)` topics on the mock cluster, or through the admin
+/// API on an external broker (`brokers`).
+pub(crate) async fn create_topics(
+    mock: Option<&MockCluster<'_, DefaultProducerContext>>,
+    brokers: &str,
+    topics: &[(&str, i32, bool)],
+) {
+    match mock {
+        Some(m) => {
+            for (name, partitions, _) in topics {
+                m.create_topic(name, *partitions, 1).unwrap();
+            }
+        }
+        None => {
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .create()
+                .unwrap();
+            let new: Vec<_> = topics
+                .iter()
+                .map(|(name, partitions, compacted)| {
+                    let t = NewTopic::new(name, *partitions, TopicReplication::Fixed(1));
+                    if *compacted {
+                        t.set("cleanup.policy", "compact")
+                    } else {
+                        t
+                    }
+                })
+                .collect();
+            admin
+                .create_topics(&new, &AdminOptions::new())
+                .await
+                .unwrap();
+        }
+    }
+}
