@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cxstream::config::{Config, Guarantee, OutputFormat};
+use cxstream::config::OutputFormat;
 use cxstream::loadgen::encode;
 use cxstream::service::Service;
 use cxstream::sim::{person_key, SimConfig, Simulator};
@@ -25,7 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 mod common;
-use common::env_or;
+use common::{bench_config, env_or};
 
 const PARTITIONS: i32 = 4;
 
@@ -38,7 +38,8 @@ fn main() {
     let rate: u64 = env_or("CXSTREAM_BENCH_RATE", 20_000);
     let total: u64 = env_or("CXSTREAM_BENCH_EVENTS", rate * 20);
     let seconds = total as f64 / rate as f64;
-    let mut config = Config::example();
+    let mock = MockCluster::new(1).unwrap();
+    let mut config = bench_config(&mock.bootstrap_servers(), "lat");
     if let Ok(l) = std::env::var("CXSTREAM_BENCH_LATENESS") {
         config.engine.allowed_lateness = humantime::parse_duration(&l).expect("a duration");
     }
@@ -53,18 +54,7 @@ fn main() {
         .consumer
         .0
         .insert("fetch.wait.max.ms".into(), "5".into());
-    if std::env::var("CXSTREAM_BENCH_GUARANTEE").as_deref() == Ok("at_least_once") {
-        config.processing.guarantee = Guarantee::AtLeastOnce;
-    }
-    let mock = MockCluster::new(1).unwrap();
-    let tag = format!("{:x}", fastrand::u64(..));
-    config.kafka.brokers = mock.bootstrap_servers();
-    config.kafka.group_id = format!("latency-{tag}");
-    config.topics.input = vec![format!("lat-in-{tag}")];
-    config.topics.alerts = format!("lat-alerts-{tag}");
-    config.topics.journeys = format!("lat-journeys-{tag}");
-    config.topics.dead_letter = format!("lat-dlq-{tag}");
-    config.http.listen = "127.0.0.1:0".into();
+    let tag = config.kafka.group_id.clone();
     let t = config.topics.clone();
     for (name, n) in [
         (t.input[0].clone(), PARTITIONS),

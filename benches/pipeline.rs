@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use cxstream::config::{Config, OutputFormat};
+use cxstream::config::OutputFormat;
 use cxstream::event::{Action, Channel, Event};
 use cxstream::loadgen::encode;
 use cxstream::service::Service;
@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 mod common;
-use common::{create_topics, env_or};
+use common::{bench_config, create_topics, env_or};
 
 const PARTITIONS: i32 = 4;
 
@@ -48,20 +48,10 @@ fn main() {
         (None, Some(m)) => m.bootstrap_servers(),
         (None, None) => unreachable!("one of them is set"),
     };
-    let tag = format!("{:x}", fastrand::u64(..));
-    let mut config = Config::example();
-    config.kafka.brokers = brokers.clone();
-    config.kafka.group_id = format!("bench-{tag}");
-    config.topics.input = vec![format!("bench-in-{tag}")];
-    config.topics.alerts = format!("bench-alerts-{tag}");
-    config.topics.journeys = format!("bench-journeys-{tag}");
-    config.topics.dead_letter = format!("bench-dlq-{tag}");
-    config.http.listen = "127.0.0.1:0".into();
+    let mut config = bench_config(&brokers, "bench");
+    let tag = config.kafka.group_id.clone();
     config.engine.idle_advance = Duration::from_secs(3600);
     config.service.shard_queue = env_or("CXSTREAM_BENCH_SHARD_QUEUE", config.service.shard_queue);
-    if std::env::var("CXSTREAM_BENCH_GUARANTEE").as_deref() == Ok("at_least_once") {
-        config.processing.guarantee = cxstream::config::Guarantee::AtLeastOnce;
-    }
     config
         .kafka
         .consumer

@@ -51,11 +51,7 @@ fn main() {
     let mut runs = Vec::new();
     for _ in 0..3 {
         let started = Instant::now();
-        let mut r = Restore::new();
-        for rec in &recs {
-            r.feed(rec.key, rec.value.clone()).unwrap();
-        }
-        let (engine, report) = r.finish(rules.clone()).unwrap();
+        let (engine, report) = Restore::from_records(&recs, rules.clone()).unwrap();
         runs.push(started.elapsed());
         assert_eq!(report.open_journeys, n);
         assert_eq!(engine.scheduled_timers() as u64, n);

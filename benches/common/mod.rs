@@ -7,6 +7,25 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::ClientConfig;
 
+/// The example config on `brokers` with a fresh group and topics named `<prefix>-…-<tag>`,
+/// metrics on a free port, and `CXSTREAM_BENCH_GUARANTEE` (`at_least_once`; default
+/// `exactly_once`).
+pub(crate) fn bench_config(brokers: &str, prefix: &str) -> cxstream::config::Config {
+    let tag = format!("{:x}", fastrand::u64(..));
+    let mut c = cxstream::config::Config::example();
+    c.kafka.brokers = brokers.to_string();
+    c.kafka.group_id = format!("{prefix}-{tag}");
+    c.topics.input = vec![format!("{prefix}-in-{tag}")];
+    c.topics.alerts = format!("{prefix}-alerts-{tag}");
+    c.topics.journeys = format!("{prefix}-journeys-{tag}");
+    c.topics.dead_letter = format!("{prefix}-dlq-{tag}");
+    c.http.listen = "127.0.0.1:0".into();
+    if std::env::var("CXSTREAM_BENCH_GUARANTEE").as_deref() == Ok("at_least_once") {
+        c.processing.guarantee = cxstream::config::Guarantee::AtLeastOnce;
+    }
+    c
+}
+
 /// A setting from the environment, or its default.
 pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)

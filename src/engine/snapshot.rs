@@ -156,6 +156,18 @@ impl Restore {
         Restore::default()
     }
 
+    /// Builds an engine from records already in memory (a log, in order).
+    pub fn from_records<'a>(
+        records: impl IntoIterator<Item = &'a StateRecord>,
+        rules: Rules,
+    ) -> Result<(Engine, RestoreReport), StateError> {
+        let mut r = Restore::new();
+        for rec in records {
+            r.feed(rec.key, rec.value.clone())?;
+        }
+        r.finish(rules)
+    }
+
     /// One record, in log order. A meta record completes the checkpoint it ends.
     pub fn feed(&mut self, key: StateKey, value: Option<Vec<u8>>) -> Result<(), StateError> {
         self.report.records += 1;
@@ -320,20 +332,13 @@ impl Engine {
         let mut c = self.changes.take().expect("tracking");
         let mut out = Vec::with_capacity(c.dirty.len() + c.stale.len() + 3);
         out.append(&mut c.stale);
-        let mut buf = Vec::new();
         for slot in c.dirty.drain(..) {
             c.marked[slot as usize] = false;
             let value = self
                 .profiles
                 .get(slot as usize)
                 .and_then(|p| p.as_ref())
-                .map(|p| {
-                    buf.clear();
-                    profile_to(p, &self.rules, &self.symbols)
-                        .encode(&mut buf)
-                        .expect("vec grows");
-                    buf.clone()
-                });
+                .map(|p| profile_to(p, &self.rules, &self.symbols).encode_to_vec());
             out.push(StateRecord {
                 key: StateKey::Profile(slot),
                 value,

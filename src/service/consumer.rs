@@ -99,7 +99,7 @@ impl Ctx {
                 .iter()
                 .map(|(topic, partition)| {
                     scope.spawn(move || -> anyhow::Result<ShardStart> {
-                        let producer = match env.guarantee {
+                        let producer = match env.guarantee() {
                             Guarantee::ExactlyOnce => Some(changelog::transactional_producer(
                                 &env.config,
                                 topic,
@@ -211,7 +211,7 @@ impl Ctx {
             telemetry::shard_stop_timed_out(topic, *partition);
         }
         // With exactly_once the offsets were committed in the shards' transactions.
-        if tpl.count() > 0 && self.env.guarantee == Guarantee::AtLeastOnce {
+        if tpl.count() > 0 && self.env.guarantee() == Guarantee::AtLeastOnce {
             if let Err(e) = consumer.store_offsets(&tpl) {
                 telemetry::commit_failed(&e);
             }
@@ -329,15 +329,16 @@ impl Ctx {
         }
     }
 
-    /// Stores the offsets shards committed (`at_least_once`; librdkafka's auto-commit sends
-    /// them) and refreshes the group metadata transactions commit offsets with.
+    /// With `exactly_once`, refreshes the group metadata (its generation) that transactions
+    /// commit offsets with; with `at_least_once`, stores the offsets shards committed
+    /// (librdkafka's auto-commit sends them).
     fn store_progress(&self, consumer: &BaseConsumer<Ctx>) {
-        *self
-            .env
-            .group
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = consumer.group_metadata().map(Arc::new);
-        if self.env.guarantee == Guarantee::ExactlyOnce {
+        if self.env.guarantee() == Guarantee::ExactlyOnce {
+            *self
+                .env
+                .group
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = consumer.group_metadata().map(Arc::new);
             return;
         }
         let mut shards = self.shards();

@@ -31,8 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::ledger::Ledger;
 use super::records::{dead_letter, output_record, Dest, Origin, OutRecord};
 use crate::alert::Output;
-use crate::config::{Config, Guarantee, OutputFormat};
-use crate::decode::{decode, Format};
+use crate::config::{Config, Guarantee};
+use crate::decode::decode;
 use crate::engine::snapshot::{InputPosition, StateRecord};
 use crate::engine::{Engine, Ingest, Rules};
 use crate::event::{millis, Millis};
@@ -66,23 +66,16 @@ pub(crate) struct ShardExit {
 pub(crate) struct ShardEnv {
     /// The shared producer (`at_least_once`); with `exactly_once` each shard has its own.
     pub(crate) producer: FutureProducer,
+    /// The service's configuration (topics, formats, limits are read from it).
     pub(crate) config: Config,
-    pub(crate) guarantee: Guarantee,
     /// The consumer group's current generation, for `send_offsets_to_transaction`; refreshed
     /// by the consumer thread.
     pub(crate) group: std::sync::Mutex<Option<Arc<ConsumerGroupMetadata>>>,
     /// Set by a shard that cannot go on: the consumer thread stops the service.
     pub(crate) failed: std::sync::atomic::AtomicBool,
+    /// The engine rules, compiled once for every shard.
     pub(crate) rules: Rules,
-    pub(crate) input_format: Format,
-    pub(crate) output_format: OutputFormat,
-    alerts: String,
-    journeys: String,
-    dead_letter: String,
     changelog: String,
-    idle_advance: Duration,
-    commit_interval: Duration,
-    max_in_flight: usize,
     labels: telemetry::Labels,
 }
 
@@ -91,29 +84,25 @@ impl ShardEnv {
         ShardEnv {
             producer,
             config: c.clone(),
-            guarantee: c.processing.guarantee,
             group: std::sync::Mutex::new(None),
             failed: std::sync::atomic::AtomicBool::new(false),
             changelog: c.topics.changelog(&c.kafka.group_id),
-            commit_interval: c.engine.commit_interval,
             rules: Rules::new(c),
-            input_format: c.input.format,
-            output_format: c.output.format,
-            alerts: c.topics.alerts.clone(),
-            journeys: c.topics.journeys.clone(),
-            dead_letter: c.topics.dead_letter.clone(),
-            idle_advance: c.engine.idle_advance,
-            max_in_flight: c.service.max_in_flight,
             labels: telemetry::Labels::new(&c.metrics.segments),
         }
     }
 
     fn topic(&self, d: Dest) -> &str {
+        let t = &self.config.topics;
         match d {
-            Dest::Alerts => &self.alerts,
-            Dest::Journeys => &self.journeys,
-            Dest::DeadLetter => &self.dead_letter,
+            Dest::Alerts => &t.alerts,
+            Dest::Journeys => &t.journeys,
+            Dest::DeadLetter => &t.dead_letter,
         }
+    }
+
+    pub(crate) fn guarantee(&self) -> Guarantee {
+        self.config.processing.guarantee
     }
 }
 
@@ -139,7 +128,7 @@ pub fn idle_watermark(
 /// A record to produce: an output (with the `source.commit` header value: which commit of
 /// which shard it belongs to), or a changelog record (`None` value: tombstone).
 enum Outgoing {
-    Output(OutRecord, String),
+    Output(OutRecord, Arc<str>),
     State {
         key: Vec<u8>,
         value: Option<Vec<u8>>,
@@ -173,6 +162,8 @@ pub(crate) struct Shard {
     failure: Option<String>,
     /// This incarnation's random id, in its commits and its outputs' `source.commit` header.
     writer: u64,
+    /// The `source.commit` header of outputs until the next commit (see `commit_tag`).
+    tag: Arc<str>,
     /// Input position published for the consumer to commit (`at_least_once`; -1: none yet).
     progress: Arc<AtomicI64>,
     metrics: telemetry::ShardMetrics,
@@ -188,7 +179,7 @@ impl Shard {
         now: Instant,
     ) -> Shard {
         let transactional = start.producer.is_some();
-        Shard {
+        let mut shard = Shard {
             metrics: telemetry::ShardMetrics::new(&topic, partition, env.labels.clone()),
             engine: start.engine,
             producer: start.producer.unwrap_or_else(|| env.producer.clone()),
@@ -206,8 +197,11 @@ impl Shard {
             changed: false,
             failure: None,
             writer: fastrand::u64(..),
+            tag: Arc::from(""),
             progress,
-        }
+        };
+        shard.refresh_tag();
+        shard
     }
 
     /// The shard's task: runs until told to stop (or its consumer is gone), then finishes
@@ -219,7 +213,7 @@ impl Shard {
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut commit = tokio::time::interval(self.env.commit_interval);
+        let mut commit = tokio::time::interval(self.env.config.engine.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         commit.tick().await;
         let reply = loop {
@@ -227,7 +221,7 @@ impl Shard {
                 biased;
                 reply = &mut stop => break reply.ok(),
                 Some(d) = self.deliveries.next(), if !self.deliveries.is_empty() => self.delivered(d),
-                msg = rx.recv(), if self.deliveries.len() < self.env.max_in_flight => match msg {
+                msg = rx.recv(), if self.deliveries.len() < self.env.config.service.max_in_flight => match msg {
                     Some(m) => self.process(m, Instant::now()),
                     None => break None,
                 },
@@ -289,7 +283,7 @@ impl Shard {
         self.changed = true;
         self.metrics.consumed();
         let payload = m.payload.as_deref().unwrap_or_default();
-        let reject = match decode(payload, self.env.input_format) {
+        let reject = match decode(payload, self.env.config.input.format) {
             Err(r) => Some((r.reason.as_str(), r.detail)),
             Ok(event) => {
                 let t = event.occurred_at;
@@ -335,8 +329,7 @@ impl Shard {
                     offset: m.offset,
                 };
                 let rec = dead_letter(m.key.as_deref(), payload, reason, &detail, from);
-                let tag = self.commit_tag();
-                self.send(Outgoing::Output(rec, tag), now);
+                self.send(Outgoing::Output(rec, self.tag.clone()), now);
             }
         }
         self.send_outputs(now);
@@ -344,7 +337,7 @@ impl Shard {
 
     fn idle(&mut self, now: Instant) {
         let mut quiet = now.saturating_duration_since(self.last_arrival);
-        if quiet < self.env.idle_advance {
+        if quiet < self.env.config.engine.idle_advance {
             return; // not quiet here (a restored shard may be catching up on a backlog)
         }
         if let Some(at) = self.restored_arrival {
@@ -354,7 +347,7 @@ impl Shard {
         let w = idle_watermark(
             self.engine.max_event_time(),
             quiet,
-            self.env.idle_advance,
+            self.env.config.engine.idle_advance,
             self.env.rules.allowed_lateness,
         );
         if let Some(w) = w {
@@ -371,13 +364,12 @@ impl Shard {
         if self.out.is_empty() {
             return;
         }
-        let format = self.env.output_format;
+        let format = self.env.config.output.format;
         let outs = std::mem::take(&mut self.out);
         self.metrics.outputs(&outs);
-        let tag = self.commit_tag();
         for o in &outs {
             self.send(
-                Outgoing::Output(output_record(o, format), tag.clone()),
+                Outgoing::Output(output_record(o, format), self.tag.clone()),
                 cause,
             );
         }
@@ -385,16 +377,26 @@ impl Shard {
         self.out.clear();
     }
 
-    /// `<input topic>/<partition>/<commit number>/<writer>`: which commit (with
-    /// `exactly_once`, which transaction) of which shard incarnation an output belongs to.
-    fn commit_tag(&self) -> String {
-        format!(
-            "{}/{}/{}/{:x}",
-            self.topic,
+    /// Sets the `source.commit` tag for outputs from now until the next commit. Called when the
+    /// shard starts and after each checkpoint: no string is built per output.
+    fn refresh_tag(&mut self) {
+        self.tag = Arc::from(commit_tag(
+            &self.topic,
             self.partition,
             self.engine.next_commit(),
-            self.writer
-        )
+            self.writer,
+        ));
+    }
+
+    /// Fails the commit if a transactional delivery failed, aborting the transaction.
+    fn check_deliveries(&mut self) -> anyhow::Result<()> {
+        match self.failure.take() {
+            Some(f) => {
+                self.abort();
+                anyhow::bail!("{f}")
+            }
+            None => Ok(()),
+        }
     }
 
     /// Produces `rec`; `cause` is when the message that caused it was consumed.
@@ -424,10 +426,7 @@ impl Shard {
     /// Returns the input position committed, if anything is committed.
     async fn commit(&mut self, last: bool) -> anyhow::Result<Option<i64>> {
         self.drain_deliveries().await;
-        if let Some(f) = self.failure.take() {
-            self.abort();
-            anyhow::bail!("{f}");
-        }
+        self.check_deliveries()?;
         let Some(next) = self.next_offset else {
             return Ok(None); // nothing read, nothing restored: nothing to commit
         };
@@ -450,6 +449,7 @@ impl Shard {
             arrived_at,
             writer: self.writer,
         });
+        self.refresh_tag();
         let bytes: usize = records
             .iter()
             .map(|r| r.value.as_ref().map_or(0, Vec::len))
@@ -463,10 +463,7 @@ impl Shard {
             // Delivered (so produced) before the commit: a delivery future only produces
             // its record once polled.
             self.drain_deliveries().await;
-            if let Some(f) = self.failure.take() {
-                self.abort();
-                anyhow::bail!("{f}");
-            }
+            self.check_deliveries()?;
             self.end_transaction(resume_at, last).await?;
         } else {
             // The meta record goes last, once everything before it is acknowledged: a restore
@@ -546,6 +543,12 @@ impl Shard {
         self.metrics
             .publish(&self.engine, &self.env.rules.catalog, lag);
     }
+}
+
+/// `<input topic>/<partition>/<commit number>/<writer>`: which commit (with `exactly_once`,
+/// which transaction) of which shard incarnation an output belongs to.
+fn commit_tag(topic: &str, partition: i32, commit: u64, writer: u64) -> String {
+    format!("{topic}/{partition}/{commit}/{writer:x}")
 }
 
 /// Produces one record. With `retry` (at-least-once) it retries with backoff until the broker

@@ -55,9 +55,9 @@ fn run(events: &[Event], every: usize, crashes: &[usize], rules: &Rules) -> Vec<
         ledger.advance(engine.watermark());
         offset += 1;
         if offset % every == 0 {
-            // With nothing done yet the ledger has no position: resume at the start.
+            // As the service does: the oldest offset not yet applied.
             let position = InputPosition {
-                resume_at: ledger.done_until().unwrap_or(0),
+                resume_at: ledger.resume_at(offset as i64),
                 replay_until: offset as i64,
                 arrived_at: 0,
                 writer: 0,
@@ -68,11 +68,7 @@ fn run(events: &[Event], every: usize, crashes: &[usize], rules: &Rules) -> Vec<
         if crashes.first() == Some(&offset) {
             crashes.remove(0);
             out.clear();
-            let mut r = Restore::new();
-            for rec in &log {
-                r.feed(rec.key, rec.value.clone()).unwrap();
-            }
-            let (restored, report) = r.finish(rules.clone()).unwrap();
+            let (restored, report) = Restore::from_records(&log, rules.clone()).unwrap();
             let position = report.position.expect("a checkpoint was written");
             engine = restored;
             ledger = Ledger::new();
@@ -139,11 +135,7 @@ fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
     partial.pop(); // the meta record never made it
     assert!(!partial.is_empty());
     log.extend(partial);
-    let mut r = Restore::new();
-    for rec in &log {
-        r.feed(rec.key, rec.value.clone()).unwrap();
-    }
-    let (mut b, report) = r.finish(rules.clone()).unwrap();
+    let (mut b, report) = Restore::from_records(&log, rules.clone()).unwrap();
     assert_eq!(
         report.position,
         Some(InputPosition {
@@ -173,11 +165,7 @@ fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
     }
     // Restored again from the log as it now stands, the engine behaves as the first restore.
     log.extend(next);
-    let mut r = Restore::new();
-    for rec in &log {
-        r.feed(rec.key, rec.value.clone()).unwrap();
-    }
-    let (mut c, _) = r.finish(rules).unwrap();
+    let (mut c, _) = Restore::from_records(&log, rules).unwrap();
     let (mut out_b, mut out_c) = (Vec::new(), Vec::new());
     for e in &input[1..] {
         b.ingest(e.clone(), &mut out_b);
