@@ -134,7 +134,9 @@ pub fn stopped(clean: bool, took: Duration) {
 
 use std::sync::OnceLock;
 
-use metrics::{counter, gauge, histogram};
+use compact_str::CompactString;
+use hashbrown::HashMap;
+use metrics::{counter, gauge, histogram, Counter, Histogram, Label};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::alert::{AlertKind, Output};
@@ -183,22 +185,89 @@ impl Labels {
         }
     }
 
-    pub fn segment(&self, s: &str) -> String {
+    pub fn segment<'a>(&'a self, s: &str) -> &'a str {
         if s.is_empty() {
-            "unknown".into()
-        } else if self.segments.iter().any(|x| x == s) {
-            s.into()
+            "unknown"
+        } else if let Some(known) = self.segments.iter().find(|x| *x == s) {
+            known
         } else {
-            "other".into()
+            "other"
         }
     }
 }
 
-fn or_none(s: &str) -> String {
+fn or_none(s: &str) -> &str {
     if s.is_empty() {
-        "none".into()
+        "none"
     } else {
-        s.into()
+        s
+    }
+}
+
+/// Label values of one series: at most 4, each a fixed name or a journey or step name from
+/// the config (bounded sets, so the memo stays small).
+type SeriesKey = (&'static str, [CompactString; 4]);
+
+/// Metric handles by series, looked up in the registry once per shard and series: per output
+/// the registry lookup (hashing the key, allocating its labels) cost more than the engine.
+#[derive(Default)]
+struct Handles {
+    counters: HashMap<SeriesKey, Counter>,
+    histograms: HashMap<SeriesKey, Histogram>,
+}
+
+fn series<const N: usize>(name: &'static str, labels: &[(&'static str, &str); N]) -> SeriesKey {
+    let mut values: [CompactString; 4] = Default::default();
+    for (v, (_, l)) in values.iter_mut().zip(labels) {
+        *v = CompactString::from(*l);
+    }
+    (name, values)
+}
+
+fn owned<const N: usize>(labels: &[(&'static str, &str); N]) -> Vec<Label> {
+    labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect()
+}
+
+impl Handles {
+    fn counter<const N: usize>(
+        &mut self,
+        name: &'static str,
+        labels: [(&'static str, &str); N],
+    ) -> &Counter {
+        self.counters
+            .entry(series(name, &labels))
+            .or_insert_with(|| counter!(name, owned(&labels)))
+    }
+
+    fn histogram<const N: usize>(
+        &mut self,
+        name: &'static str,
+        labels: [(&'static str, &str); N],
+    ) -> &Histogram {
+        self.histograms
+            .entry(series(name, &labels))
+            .or_insert_with(|| histogram!(name, owned(&labels)))
+    }
+
+    fn survey(
+        &mut self,
+        journey: &str,
+        kind: &'static str,
+        outcome: &'static str,
+        friction: &'static str,
+        score: i32,
+    ) {
+        let labels = [
+            ("journey", journey),
+            ("kind", kind),
+            ("outcome", outcome),
+            ("friction", friction),
+        ];
+        self.histogram("cx_survey_score", labels)
+            .record(f64::from(score));
     }
 }
 
@@ -211,6 +280,7 @@ pub struct ShardMetrics {
     events: [[u64; 9]; 11],
     last: EngineStats,
     labels: Labels,
+    handles: Handles,
 }
 
 impl ShardMetrics {
@@ -223,6 +293,7 @@ impl ShardMetrics {
             events: [[0; 9]; 11],
             last: EngineStats::default(),
             labels,
+            handles: Handles::default(),
         }
     }
 
@@ -246,17 +317,36 @@ impl ShardMetrics {
     }
 
     /// Alerts and journey summaries as the engine emits them.
-    pub fn outputs(&self, outs: &[Output]) {
+    pub fn outputs(&mut self, outs: &[Output]) {
+        let h = &mut self.handles;
         for o in outs {
             match o {
                 Output::Alert(a) => {
-                    counter!("cx_alerts_total", "kind" => a.kind.as_str(), "type" => a.alert_type.as_str(), "severity" => a.severity.as_str()).increment(1);
+                    let (kind, ty) = (a.kind.as_str(), a.alert_type.as_str());
+                    h.counter(
+                        "cx_alerts_total",
+                        [
+                            ("kind", kind),
+                            ("type", ty),
+                            ("severity", a.severity.as_str()),
+                        ],
+                    )
+                    .increment(1);
                     if a.kind == AlertKind::Friction {
-                        counter!("cx_friction_detections_total", "journey" => or_none(&a.journey), "type" => a.alert_type.as_str(), "step" => or_none(&a.step)).increment(1);
+                        let journey = or_none(&a.journey);
+                        h.counter(
+                            "cx_friction_detections_total",
+                            [
+                                ("journey", journey),
+                                ("type", ty),
+                                ("step", or_none(&a.step)),
+                            ],
+                        )
+                        .increment(1);
                     }
                 }
                 Output::Journey(j) => {
-                    let journey = j.journey.to_string();
+                    let journey = j.journey.as_str();
                     let outcome = j.outcome.as_str();
                     let had_friction = if j.friction.iter().any(|f| f.kind() == AlertKind::Friction)
                     {
@@ -265,24 +355,49 @@ impl ShardMetrics {
                         "false"
                     };
                     if j.revision == 1 {
-                        counter!("cx_journeys_ended_total", "journey" => journey.clone(), "outcome" => outcome, "step" => j.furthest_step.to_string(), "segment" => self.labels.segment(&j.segment)).increment(1);
+                        let segment = self.labels.segment(&j.segment);
+                        h.counter(
+                            "cx_journeys_ended_total",
+                            [
+                                ("journey", journey),
+                                ("outcome", outcome),
+                                ("step", j.furthest_step.as_str()),
+                                ("segment", segment),
+                            ],
+                        )
+                        .increment(1);
                         let secs = (j.ended_at - j.started_at) as f64 / 1000.0;
-                        histogram!("cx_journey_duration_seconds", "journey" => journey.clone(), "outcome" => outcome).record(secs);
+                        h.histogram(
+                            "cx_journey_duration_seconds",
+                            [("journey", journey), ("outcome", outcome)],
+                        )
+                        .record(secs);
                         for st in &j.steps {
                             if let Some(s) = st.seconds {
-                                histogram!("cx_journey_step_duration_seconds", "journey" => journey.clone(), "step" => st.step.to_string()).record(s);
+                                h.histogram(
+                                    "cx_journey_step_duration_seconds",
+                                    [("journey", journey), ("step", st.step.as_str())],
+                                )
+                                .record(s);
                             }
                         }
                         for s in &j.surveys {
-                            survey(&journey, s.kind.as_str(), outcome, had_friction, s.score);
+                            h.survey(journey, s.kind.as_str(), outcome, had_friction, s.score);
                         }
                     } else if let Some(s) = j.surveys.last() {
                         // A later revision adds exactly one survey answer.
-                        survey(&journey, s.kind.as_str(), outcome, had_friction, s.score);
+                        h.survey(journey, s.kind.as_str(), outcome, had_friction, s.score);
                     }
                 }
             }
         }
+    }
+
+    /// An output acknowledged by the broker, `latency` after its input was consumed.
+    pub fn acknowledged(&mut self, latency: Duration) {
+        self.handles
+            .histogram("cx_processing_latency_seconds", [])
+            .record(latency.as_secs_f64());
     }
 
     /// Publishes what accumulated since the last call (called about once a second).
@@ -383,16 +498,6 @@ fn ended(s: &EngineStats, j: usize) -> f64 {
     s.ended_by_journey.get(j).copied().unwrap_or(0) as f64
 }
 
-fn survey(
-    journey: &str,
-    kind: &'static str,
-    outcome: &'static str,
-    friction: &'static str,
-    score: i32,
-) {
-    histogram!("cx_survey_score", "journey" => journey.to_string(), "kind" => kind, "outcome" => outcome, "friction" => friction).record(f64::from(score));
-}
-
 /// Rough state size: ~490 bytes per profile (measured with an open journey by
 /// `cargo bench --bench memory`, BENCHMARKS.md), plus estimates of ~300 bytes per event in
 /// the reorder buffer and 32 per scheduled timer.
@@ -403,10 +508,6 @@ fn approx_state_bytes(engine: &Engine) -> u64 {
 }
 
 /// Consume → output acknowledged.
-pub fn output_acknowledged(latency: Duration) {
-    histogram!("cx_processing_latency_seconds").record(latency.as_secs_f64());
-}
-
 pub fn produce_error(topic: &str) {
     counter!("cx_produce_errors_total", "topic" => topic.to_string()).increment(1);
 }

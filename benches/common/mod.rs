@@ -7,6 +7,10 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::ClientConfig;
 
+/// The allocator the `cxstream` binary ships with, so the Kafka benchmarks measure what runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The example config on `brokers` with a fresh group and topics named `<prefix>-…-<tag>`,
 /// metrics on a free port, and `CXSTREAM_BENCH_GUARANTEE` (`at_least_once`; default
 /// `exactly_once`).

@@ -301,7 +301,10 @@ impl Ctx {
                     }
                 }
             }
-            if h.stash.is_empty() && h.paused {
+            // Resumed while half the stash is left: the fetch that refills it can take up to
+            // `fetch.wait.max.ms` (the broker holds a fetch for partitions that are caught up),
+            // and a shard that ran dry meanwhile sat idle (BENCHMARKS.md).
+            if h.paused && h.stash.len() <= self.shard_queue / 2 {
                 // Fetching resumes explicitly at the next offset not yet handed over, rather
                 // than wherever librdkafka's fetcher stood when the partition was paused
                 // (messages it had fetched meanwhile are dropped on pause).

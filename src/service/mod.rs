@@ -51,7 +51,8 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
         // move are revoked; the others keep their shards and state.
         .set("partition.assignment.strategy", "cooperative-sticky")
         // At most ~16 MiB fetched ahead per consumer: bounded memory under backpressure.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.queue.backoff.ms", "10");
     for (k, v) in c.kafka.common.0.iter().chain(&c.kafka.consumer.0) {
         cc.set(k, v);
     }

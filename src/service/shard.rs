@@ -135,8 +135,21 @@ enum Outgoing {
     },
 }
 
-/// Resolves to the ledger token and whether the broker acknowledged the record.
-type Delivery = Pin<Box<dyn Future<Output = (Option<i64>, bool)> + Send>>;
+/// What a delivery resolved to.
+struct Delivered {
+    /// The ledger token charged for the record.
+    token: Option<i64>,
+    /// Whether the broker acknowledged the record.
+    ok: bool,
+    /// For an acknowledged output: how long after its input was consumed.
+    latency: Option<Duration>,
+}
+
+type Delivery = Pin<Box<dyn Future<Output = Delivered> + Send>>;
+
+/// Messages a shard takes from its queue in one go before it looks at deliveries, commits
+/// and stop requests again (one `select!` round per message cost more than the message).
+const BATCH: usize = 64;
 
 pub(crate) struct Shard {
     topic: Arc<str>,
@@ -213,16 +226,19 @@ impl Shard {
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut commit = tokio::time::interval(self.env.config.engine.commit_interval);
+        // Shards start their commit cycles at random phases: a commit waits for the broker,
+        // and shards that all waited at once left the cores idle (BENCHMARKS.md).
+        let every = self.env.config.engine.commit_interval;
+        let first = tokio::time::Instant::now() + every.mul_f64(fastrand::f64().max(0.01));
+        let mut commit = tokio::time::interval_at(first, every);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        commit.tick().await;
         let reply = loop {
             tokio::select! {
                 biased;
                 reply = &mut stop => break reply.ok(),
                 Some(d) = self.deliveries.next(), if !self.deliveries.is_empty() => self.delivered(d),
                 msg = rx.recv(), if self.deliveries.len() < self.env.config.service.max_in_flight => match msg {
-                    Some(m) => self.process(m, Instant::now()),
+                    Some(m) => self.take(m, &mut rx),
                     None => break None,
                 },
                 _ = commit.tick() => {
@@ -265,11 +281,31 @@ impl Shard {
         self.env.failed.store(true, Ordering::Release);
     }
 
-    fn delivered(&mut self, (token, ok): (Option<i64>, bool)) {
-        if let Some(t) = token {
+    /// Processes `first` and what else is queued, up to [`BATCH`] messages or the in-flight
+    /// limit.
+    fn take(&mut self, first: ShardMsg, rx: &mut mpsc::Receiver<ShardMsg>) {
+        let now = Instant::now();
+        self.process(first, now);
+        let limit = self.env.config.service.max_in_flight;
+        for _ in 1..BATCH {
+            if self.deliveries.len() >= limit {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(m) => self.process(m, now),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn delivered(&mut self, d: Delivered) {
+        if let Some(t) = d.token {
             self.ledger.ack(t);
         }
-        if !ok && self.failure.is_none() {
+        if let Some(latency) = d.latency {
+            self.metrics.acknowledged(latency);
+        }
+        if !d.ok && self.failure.is_none() {
             self.failure = Some("a record of the open transaction was not delivered".into());
         }
     }
@@ -409,10 +445,8 @@ impl Shard {
         let output = matches!(rec, Outgoing::Output(..));
         self.deliveries.push(Box::pin(async move {
             let ok = deliver(&env, &producer, rec, partition, retry).await;
-            if ok && output {
-                telemetry::output_acknowledged(cause.elapsed());
-            }
-            (token, ok)
+            let latency = (ok && output).then(|| cause.elapsed());
+            Delivered { token, ok, latency }
         }));
     }
 
