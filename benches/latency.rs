@@ -8,7 +8,8 @@
 //! Run: `cargo bench --bench latency` with `CXSTREAM_BENCH_RATE` (events/s, default 20,000),
 //! `CXSTREAM_BENCH_EVENTS` (default 20 seconds' worth), `CXSTREAM_BENCH_LATENESS` (`engine.allowed_lateness`,
 //! default the config's 5s; e.g. `0s`), `CXSTREAM_BENCH_GUARANTEE` (`exactly_once`, the
-//! default, or `at_least_once`) and `CXSTREAM_BENCH_COMMIT` (`engine.commit_interval`).
+//! default, or `at_least_once`), `CXSTREAM_BENCH_COMMIT` (`engine.commit_interval`) and
+//! `CXSTREAM_BENCH_LINGER_MS` (the service producer's `linger.ms`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,10 @@ fn main() {
         .consumer
         .0
         .insert("fetch.wait.max.ms".into(), "5".into());
+    // The service producer's `linger.ms` (librdkafka's default: 5 ms).
+    if let Ok(l) = std::env::var("CXSTREAM_BENCH_LINGER_MS") {
+        config.kafka.producer.0.insert("linger.ms".into(), l);
+    }
     let tag = config.kafka.group_id.clone();
     let t = config.topics.clone();
     for (name, n) in [

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark in BENCHMARKS.md, in one run (release builds; ~15 minutes on 2 cores).
+# Every benchmark in BENCHMARKS.md, in one run (release builds; ~25 minutes on 2 cores).
 # Sizes can be lowered for a quick look, e.g. CXSTREAM_BENCH_PROFILES=100000.
 # External broker for the Kafka benchmarks: CXSTREAM_BENCH_BROKERS=host:port.
 set -euo pipefail
@@ -7,16 +7,30 @@ cd "$(dirname "$0")/.."
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 cargo bench --bench engine
 cargo bench --bench memory
+CXSTREAM_BENCH_PROFILES=10000000 cargo bench --bench memory
 cargo bench --bench restore
-for guarantee in at_least_once exactly_once; do
-    for lateness in 0s 5s; do
-        CXSTREAM_BENCH_GUARANTEE=$guarantee CXSTREAM_BENCH_LATENESS=$lateness \
-            CXSTREAM_BENCH_RATE=20000 CXSTREAM_BENCH_EVENTS=200000 cargo bench --bench latency
-    done
-done
+# End to end (and catch-up after a restart): three runs per guarantee, alternating, on all
+# cores; then one worker thread.
 for run in 1 2 3; do
     for guarantee in at_least_once exactly_once; do
-        CXSTREAM_BENCH_GUARANTEE=$guarantee CXSTREAM_BENCH_EVENTS="${CXSTREAM_BENCH_EVENTS:-100000}" \
-            cargo bench --bench pipeline
+        CXSTREAM_BENCH_GUARANTEE=$guarantee cargo bench --bench pipeline
     done
+done
+for guarantee in at_least_once exactly_once; do
+    CXSTREAM_BENCH_WORKERS=1 CXSTREAM_BENCH_GUARANTEE=$guarantee cargo bench --bench pipeline
+done
+# Latency: about a tenth and about half of the end-to-end maximum, three runs each.
+for rate in 20000 100000; do
+    for run in 1 2 3; do
+        CXSTREAM_BENCH_GUARANTEE=at_least_once CXSTREAM_BENCH_LATENESS=0s \
+            CXSTREAM_BENCH_RATE=$rate CXSTREAM_BENCH_EVENTS=$((rate * 10)) cargo bench --bench latency
+    done
+done
+CXSTREAM_BENCH_GUARANTEE=at_least_once CXSTREAM_BENCH_LATENESS=0s CXSTREAM_BENCH_LINGER_MS=1 \
+    CXSTREAM_BENCH_RATE=20000 CXSTREAM_BENCH_EVENTS=200000 cargo bench --bench latency
+CXSTREAM_BENCH_GUARANTEE=at_least_once CXSTREAM_BENCH_LATENESS=5s \
+    CXSTREAM_BENCH_RATE=20000 CXSTREAM_BENCH_EVENTS=200000 cargo bench --bench latency
+for lateness in 0s 5s; do
+    CXSTREAM_BENCH_GUARANTEE=exactly_once CXSTREAM_BENCH_LATENESS=$lateness \
+        CXSTREAM_BENCH_RATE=20000 CXSTREAM_BENCH_EVENTS=200000 cargo bench --bench latency
 done

@@ -84,10 +84,15 @@ impl Ledger {
             .flatten()
     }
 
-    /// Where to read again from after a restore of state as it is now: the oldest offset not
-    /// done (its event still buffered), or `next` (the next offset to consume).
-    pub fn resume_at(&self, next: i64) -> i64 {
-        self.entries.front().map_or(next, |e| e.offset)
+    /// Where to read again from after a restore of state as it is now: the oldest offset
+    /// whose event is still buffered (not applied at `watermark`), or `next` (the next offset
+    /// to consume). Outputs need not be acknowledged yet: a commit records this position only
+    /// once everything produced before it is.
+    pub fn resume_at(&self, next: i64, watermark: Millis) -> i64 {
+        self.entries
+            .iter()
+            .find(|e| e.pending_until.is_some_and(|t| t >= watermark))
+            .map_or(next, |e| e.offset)
     }
 
     /// Next offset to commit, once anything is done.
@@ -152,6 +157,23 @@ mod tests {
         l.push(2, Some(10));
         assert_eq!(l.advance(100), None, "offset 0 blocks 1 and 2");
         assert_eq!(l.advance(5_001), Some(3));
+    }
+
+    #[test]
+    fn the_resume_position_is_the_oldest_event_still_buffered_acknowledged_or_not() {
+        let mut l = Ledger::new();
+        l.push(0, Some(100));
+        l.push(1, None);
+        l.push(2, Some(9_000));
+        l.push(3, Some(50));
+        let _unacked = l.charge();
+        assert_eq!(l.resume_at(4, 10), 0, "nothing applied yet");
+        assert_eq!(
+            l.resume_at(4, 200),
+            2,
+            "0, 1 and 3 applied; 0's output still in flight"
+        );
+        assert_eq!(l.resume_at(4, 9_001), 4, "everything applied");
     }
 
     #[test]

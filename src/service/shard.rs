@@ -5,14 +5,17 @@
 //!
 //! - `exactly_once`: everything since the last commit is in the shard's open transaction; the
 //!   commit adds the changelog records and the input offset and commits the transaction.
-//! - `at_least_once`: the commit waits until every output is acknowledged, writes the changelog
-//!   records, then (once they are acknowledged) the meta record, and only then publishes the
-//!   offset for the consumer to commit.
+//! - `at_least_once`: the commit writes the changelog records; once they and every output sent
+//!   before the checkpoint are acknowledged it writes the meta record, and once that is
+//!   acknowledged it publishes the offset for the consumer to commit. The shard goes on
+//!   processing meanwhile (a commit that stopped it stalled its input for three broker round
+//!   trips every `commit_interval`).
 //!
 //! The input position committed is the oldest event still in the reorder buffer (see
 //! [`Ledger::resume_at`]): those events are read again after a restore. Messages below the
 //! restored `replay_until` were handled before; their rejections are not dead-lettered twice.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -137,6 +140,8 @@ enum Outgoing {
 
 /// What a delivery resolved to.
 struct Delivered {
+    /// The commit epoch the record was sent in (see [`PendingCommit`]).
+    epoch: u64,
     /// The ledger token charged for the record.
     token: Option<i64>,
     /// Whether the broker acknowledged the record.
@@ -146,6 +151,17 @@ struct Delivered {
 }
 
 type Delivery = Pin<Box<dyn Future<Output = Delivered> + Send>>;
+
+/// An `at_least_once` commit under way. Records are sent in numbered epochs; a checkpoint
+/// closes the current one. Once every record of epoch `epoch` and before is acknowledged, the
+/// meta record is sent (closing another epoch), and once that is acknowledged too the input
+/// position is published.
+struct PendingCommit {
+    epoch: u64,
+    /// The meta record, until sent.
+    meta: Option<StateRecord>,
+    resume_at: i64,
+}
 
 /// Messages a shard takes from its queue in one go before it looks at deliveries, commits
 /// and stop requests again (one `select!` round per message cost more than the message).
@@ -179,6 +195,11 @@ pub(crate) struct Shard {
     tag: Arc<str>,
     /// Input position published for the consumer to commit (`at_least_once`; -1: none yet).
     progress: Arc<AtomicI64>,
+    /// The epoch records are sent in now, unacknowledged records per epoch, and the
+    /// `at_least_once` commit under way.
+    epoch: u64,
+    outstanding: BTreeMap<u64, usize>,
+    pending: Option<PendingCommit>,
     metrics: telemetry::ShardMetrics,
 }
 
@@ -212,6 +233,9 @@ impl Shard {
             writer: fastrand::u64(..),
             tag: Arc::from(""),
             progress,
+            epoch: 0,
+            outstanding: BTreeMap::new(),
+            pending: None,
         };
         shard.refresh_tag();
         shard
@@ -301,6 +325,13 @@ impl Shard {
     fn delivered(&mut self, d: Delivered) {
         if let Some(t) = d.token {
             self.ledger.ack(t);
+        }
+        if let Some(n) = self.outstanding.get_mut(&d.epoch) {
+            *n -= 1;
+            if *n == 0 {
+                self.outstanding.remove(&d.epoch);
+                self.advance_commit();
+            }
         }
         if let Some(latency) = d.latency {
             self.metrics.acknowledged(latency);
@@ -443,10 +474,17 @@ impl Shard {
         let partition = self.partition;
         let retry = !self.transactional;
         let output = matches!(rec, Outgoing::Output(..));
+        let epoch = self.epoch;
+        *self.outstanding.entry(epoch).or_default() += 1;
         self.deliveries.push(Box::pin(async move {
             let ok = deliver(&env, &producer, rec, partition, retry).await;
             let latency = (ok && output).then(|| cause.elapsed());
-            Delivered { token, ok, latency }
+            Delivered {
+                epoch,
+                token,
+                ok,
+                latency,
+            }
         }));
     }
 
@@ -457,38 +495,30 @@ impl Shard {
     }
 
     /// Commits outputs, state changes and input position together (see the module docs).
-    /// Returns the input position committed, if anything is committed.
+    /// Returns the input position committed, if anything is committed. An `at_least_once`
+    /// commit that is not the last only starts here (see [`PendingCommit`]).
     async fn commit(&mut self, last: bool) -> anyhow::Result<Option<i64>> {
-        self.drain_deliveries().await;
+        if !self.transactional && !last {
+            if self.pending.is_none() {
+                self.begin_commit();
+            }
+            return Ok(None); // one under way: this tick is skipped
+        }
+        // The last commit (or a transaction): everything is acknowledged first.
+        while self.pending.is_some() || !self.deliveries.is_empty() {
+            self.drain_deliveries().await;
+        }
         self.check_deliveries()?;
         let Some(next) = self.next_offset else {
             return Ok(None); // nothing read, nothing restored: nothing to commit
         };
-        self.ledger.advance(self.engine.watermark());
-        let resume_at = self.ledger.resume_at(next);
-        if !self.changed && self.engine.changed_profiles() == 0 {
+        let (resume_at, records) = self.take_checkpoint(next);
+        let Some(mut records) = records else {
             if last && self.transactional {
                 self.end_transaction(resume_at, true).await?;
             }
             return Ok(Some(resume_at));
-        }
-        self.changed = false;
-        let arrived_at = self.restored_arrival.unwrap_or_else(|| {
-            let ago = Instant::now().saturating_duration_since(self.last_arrival);
-            crate::clock::now_millis().saturating_sub(millis(ago))
-        });
-        let mut records = self.engine.checkpoint(InputPosition {
-            resume_at,
-            replay_until: self.replay_until.max(next),
-            arrived_at,
-            writer: self.writer,
-        });
-        self.refresh_tag();
-        let bytes: usize = records
-            .iter()
-            .map(|r| r.value.as_ref().map_or(0, Vec::len))
-            .sum();
-        telemetry::changelog_written(records.len(), bytes);
+        };
         let now = Instant::now();
         if self.transactional {
             for r in records {
@@ -514,6 +544,80 @@ impl Shard {
             self.progress.store(resume_at, Ordering::Release);
         }
         Ok(Some(resume_at))
+    }
+
+    /// The input position to commit at, and the changelog records of what changed since the
+    /// last checkpoint (the meta record last), or `None` if nothing did.
+    fn take_checkpoint(&mut self, next: i64) -> (i64, Option<Vec<StateRecord>>) {
+        self.ledger.advance(self.engine.watermark());
+        let resume_at = self.ledger.resume_at(next, self.engine.watermark());
+        if !self.changed && self.engine.changed_profiles() == 0 {
+            return (resume_at, None);
+        }
+        self.changed = false;
+        let arrived_at = self.restored_arrival.unwrap_or_else(|| {
+            let ago = Instant::now().saturating_duration_since(self.last_arrival);
+            crate::clock::now_millis().saturating_sub(millis(ago))
+        });
+        let records = self.engine.checkpoint(InputPosition {
+            resume_at,
+            replay_until: self.replay_until.max(next),
+            arrived_at,
+            writer: self.writer,
+        });
+        self.refresh_tag();
+        let bytes: usize = records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        telemetry::changelog_written(records.len(), bytes);
+        (resume_at, Some(records))
+    }
+
+    /// Starts an `at_least_once` commit: sends the changelog records of a checkpoint and
+    /// closes the epoch; [`Shard::advance_commit`] finishes it as acknowledgements come in.
+    fn begin_commit(&mut self) {
+        let Some(next) = self.next_offset else {
+            return; // nothing read, nothing restored: nothing to commit
+        };
+        let (resume_at, Some(mut records)) = self.take_checkpoint(next) else {
+            return;
+        };
+        let meta = records.pop();
+        let now = Instant::now();
+        for r in records {
+            self.send_state(r, now);
+        }
+        self.pending = Some(PendingCommit {
+            epoch: self.epoch,
+            meta,
+            resume_at,
+        });
+        self.epoch += 1;
+        self.advance_commit();
+    }
+
+    /// Moves the commit under way on once every record of its epoch and before is
+    /// acknowledged: sends the meta record (in an epoch of its own), then publishes the input
+    /// position.
+    fn advance_commit(&mut self) {
+        let Some(p) = &mut self.pending else {
+            return;
+        };
+        if self.outstanding.range(..=p.epoch).next().is_some() {
+            return;
+        }
+        match p.meta.take() {
+            Some(meta) => {
+                p.epoch = self.epoch;
+                self.send_state(meta, Instant::now());
+                self.epoch += 1;
+            }
+            None => {
+                self.progress.store(p.resume_at, Ordering::Release);
+                self.pending = None;
+            }
+        }
     }
 
     fn send_state(&mut self, r: StateRecord, now: Instant) {

@@ -57,7 +57,7 @@ fn run(events: &[Event], every: usize, crashes: &[usize], rules: &Rules) -> Vec<
         if offset % every == 0 {
             // As the service does: the oldest offset not yet applied.
             let position = InputPosition {
-                resume_at: ledger.resume_at(offset as i64),
+                resume_at: ledger.resume_at(offset as i64, engine.watermark()),
                 replay_until: offset as i64,
                 arrived_at: 0,
                 writer: 0,
