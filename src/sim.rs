@@ -506,16 +506,20 @@ pub fn person_key(e: &Event) -> CompactString {
 
 /// An engine on the example config holding `n` profiles, each with one open checkout: a
 /// login, `cart.view` and `checkout.start` per customer, 10,000 events per second of event
-/// time (all within the dedup window). The state the memory and restore benchmarks measure;
-/// `tracked`: the engine records changes from the start (as the service's shards do), so its
-/// checkpoint holds the dedup window too.
+/// time, or more above 1M customers so that they span at most 5 minutes (all within the dedup
+/// window, none abandoned), with `engine.max_profiles` raised to `n` if below. The state the memory and restore benchmarks
+/// measure; `tracked`: the engine records changes from the start (as the service's shards
+/// do), so its checkpoint holds the dedup window too.
 pub fn open_checkouts(n: u64, tracked: bool) -> crate::engine::Engine {
-    let mut engine = crate::engine::Engine::from_config(&crate::config::Config::example());
+    let mut config = crate::config::Config::example();
+    config.engine.max_profiles = config.engine.max_profiles.max(n as usize);
+    let mut engine = crate::engine::Engine::from_config(&config);
     if tracked {
         engine.track_changes();
     }
     let mut out = Vec::new();
     let t0 = 1_800_000_000_000i64;
+    let per_ms = (n / 100_000).max(10) as i64;
     let mut id = 0u64;
     for c in 0..n {
         for (tp, action) in [
@@ -526,7 +530,7 @@ pub fn open_checkouts(n: u64, tracked: bool) -> crate::engine::Engine {
             id += 1;
             let mut e = Event::new(
                 &format!("e-{id:x}"),
-                t0 + (id as i64) / 10,
+                t0 + (id as i64) / per_ms,
                 Channel::Web,
                 tp,
                 action,
