@@ -127,12 +127,7 @@ fn main() {
             .set("group.id", format!("bare-{tag}"))
             .create()
             .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&input, p, Offset::Beginning)
-                .unwrap();
-        }
-        bare.assign(&tpl).unwrap();
+        bare.assign(&from_beginning(&input, partitions)).unwrap();
         let started = Instant::now();
         let mut first = None;
         let mut seen = 0i64;
@@ -160,7 +155,9 @@ fn main() {
             .await
             .unwrap();
         let started = Instant::now();
-        let (first_output, last_output) = commits.wait_for(complete);
+        let (first_output, last_output) = commits
+            .wait_for(complete)
+            .expect("outputs were seen before the last commit");
         drop(commits);
         let took = started.elapsed();
         let flowing = last_output - first_output;
@@ -253,11 +250,7 @@ impl Commits {
             .set("fetch.wait.max.ms", "10")
             .create()
             .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&changelog, p, Offset::Beginning)
-                .unwrap();
-        }
+        let mut tpl = from_beginning(&changelog, partitions);
         for output in [&t.alerts, &t.journeys] {
             tpl.add_partition_offset(output, 0, Offset::End).unwrap();
         }
@@ -296,15 +289,14 @@ impl Commits {
     }
 
     /// Returns once `count` events are committed, with when the first and the last output
-    /// (before that commit) were seen.
-    fn wait_for(&self, count: i64) -> (Instant, Instant) {
+    /// (before that commit) were seen, if any was.
+    fn wait_for(&self, count: i64) -> Option<(Instant, Instant)> {
         let mut first = None;
         loop {
             match self.rx.recv().expect("the follower stopped") {
                 Seen::FirstOutput(at) => first = Some(at),
                 Seen::Committed(n, last) if n >= count => {
-                    let first = first.expect("outputs before everything was committed");
-                    return (first, last.unwrap_or(first));
+                    return first.zip(last);
                 }
                 Seen::Committed(..) => {}
             }
@@ -367,4 +359,14 @@ async fn produce(
     }
     eprintln!("produced {} events", per_partition.iter().sum::<i64>());
     sentinel_at
+}
+
+/// Every partition of `topic`, from its first offset.
+fn from_beginning(topic: &str, partitions: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    tpl
 }

@@ -301,9 +301,9 @@ impl Ctx {
                     }
                 }
             }
-            // Resumed while half the stash is left: the fetch that refills it can take up to
-            // `fetch.wait.max.ms` (the broker holds a fetch for partitions that are caught up),
-            // and a shard that ran dry meanwhile sat idle (BENCHMARKS.md).
+            // Resumed while half the stash is left, so that the refetch (a round trip, longer
+            // behind a fetch the broker holds for caught-up partitions) arrives before the
+            // shard runs dry (BENCHMARKS.md).
             if h.paused && h.stash.len() <= self.shard_queue / 2 {
                 // Fetching resumes explicitly at the next offset not yet handed over, rather
                 // than wherever librdkafka's fetcher stood when the partition was paused

@@ -504,10 +504,10 @@ impl Shard {
             }
             return Ok(None); // one under way: this tick is skipped
         }
-        // The last commit (or a transaction): everything is acknowledged first.
-        while self.pending.is_some() || !self.deliveries.is_empty() {
-            self.drain_deliveries().await;
-        }
+        // The last commit (or a transaction): everything is acknowledged first. Draining also
+        // finishes an `at_least_once` commit under way (its meta record is sent on the way).
+        self.drain_deliveries().await;
+        debug_assert!(self.pending.is_none(), "drained with a commit under way");
         self.check_deliveries()?;
         let Some(next) = self.next_offset else {
             return Ok(None); // nothing read, nothing restored: nothing to commit
@@ -598,8 +598,9 @@ impl Shard {
     }
 
     /// Moves the commit under way on once every record of its epoch and before is
-    /// acknowledged: sends the meta record (in an epoch of its own), then publishes the input
-    /// position.
+    /// acknowledged: sends the meta record (and closes the epoch it is sent in, which may hold
+    /// outputs of later events too), then, once that epoch is acknowledged, publishes the
+    /// input position.
     fn advance_commit(&mut self) {
         let Some(p) = &mut self.pending else {
             return;
