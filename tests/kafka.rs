@@ -496,6 +496,36 @@ async fn events_in_alerts_and_summaries_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_catching_up_on_a_backlog_commits_as_it_goes() {
+    // A backlog keeps the shard's queue full the whole time: its commits must still come
+    // every `commit_interval` (once, input always ready starved them until it was caught up:
+    // with `exactly_once`, one transaction as long as the catch-up).
+    let broker = Broker::new();
+    let n = names("backlog");
+    let mut config = setup(&broker, &n, 1).await;
+    config.service.shard_queue = cxstream::config::Config::example().service.shard_queue;
+    config.engine.commit_interval = Duration::from_millis(50);
+    let parts = by_partition(&events(5, 20_000), 1, FAR);
+    produce(&broker, &n.input, &parts).await;
+
+    let service = Service::start(&config).await.unwrap();
+    wait_read(&broker.bootstrap(), &n, &ends_before_sentinels(&parts)).await;
+    assert!(service.stop().await.clean);
+
+    let end = ends_before_sentinels(&parts)[0];
+    let metas = &metas(&broker.bootstrap(), &n, 1)[0];
+    let midway = metas
+        .iter()
+        .filter(|m| m.replay_until > 0 && m.replay_until < end)
+        .count();
+    assert!(
+        midway >= 3,
+        "{midway} commits while catching up on {end} messages ({} in all)",
+        metas.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_lands_in_the_dead_letter_topic_with_its_reason() {
     let broker = Broker::new();
     let n = names("dlq");

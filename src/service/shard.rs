@@ -258,13 +258,11 @@ impl Shard {
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reply = loop {
             tokio::select! {
+                // Timers before input: with a backlog, input is always ready, and a commit or
+                // metrics tick placed after it never ran until the backlog was gone (no commit
+                // for the whole catch-up; with `exactly_once` one ever-growing transaction).
                 biased;
                 reply = &mut stop => break reply.ok(),
-                Some(d) = self.deliveries.next(), if !self.deliveries.is_empty() => self.delivered(d),
-                msg = rx.recv(), if self.deliveries.len() < self.env.config.service.max_in_flight => match msg {
-                    Some(m) => self.take(m, &mut rx),
-                    None => break None,
-                },
                 _ = commit.tick() => {
                     if let Err(e) = self.commit(false).await {
                         self.fail(&e);
@@ -275,6 +273,11 @@ impl Shard {
                     self.idle(Instant::now());
                     self.publish_metrics();
                 }
+                Some(d) = self.deliveries.next(), if !self.deliveries.is_empty() => self.delivered(d),
+                msg = rx.recv(), if self.deliveries.len() < self.env.config.service.max_in_flight => match msg {
+                    Some(m) => self.take(m, &mut rx),
+                    None => break None,
+                },
             }
         };
         // Finish what was handed over and commit it. The reorder buffer is not flushed: its
