@@ -7,8 +7,8 @@
 //! - [`changelog`]: the changelog topic: creation, restore, transactional producers.
 //! - [`shard`]: one task per assigned partition owns that partition's [`crate::engine::Engine`]
 //!   (no locks on the hot path); tasks are spread over the runtime's worker threads.
-//! - [`ledger`]: which input offset a commit may record (the oldest event not yet applied,
-//!   once every output before it has been acknowledged).
+//! - [`ledger`]: which input offset a commit records (the oldest event not yet applied; the
+//!   shard's commit waits for the outputs before it to be acknowledged).
 //! - [`records`]: the bytes and headers written to each output topic.
 //!
 //! Queues between the consumer, shards and producer are bounded: a shard stops taking input

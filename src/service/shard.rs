@@ -142,8 +142,6 @@ enum Outgoing {
 struct Delivered {
     /// The commit epoch the record was sent in (see [`PendingCommit`]).
     epoch: u64,
-    /// The ledger token charged for the record.
-    token: Option<i64>,
     /// Whether the broker acknowledged the record.
     ok: bool,
     /// For an acknowledged output: how long after its input was consumed.
@@ -326,9 +324,6 @@ impl Shard {
     }
 
     fn delivered(&mut self, d: Delivered) {
-        if let Some(t) = d.token {
-            self.ledger.ack(t);
-        }
         if let Some(n) = self.outstanding.get_mut(&d.epoch) {
             *n -= 1;
             if *n == 0 {
@@ -471,7 +466,6 @@ impl Shard {
 
     /// Produces `rec`; `cause` is when the message that caused it was consumed.
     fn send(&mut self, rec: Outgoing, cause: Instant) {
-        let token = self.ledger.charge();
         let env = self.env.clone();
         let producer = self.producer.clone();
         let partition = self.partition;
@@ -482,12 +476,7 @@ impl Shard {
         self.deliveries.push(Box::pin(async move {
             let ok = deliver(&env, &producer, rec, partition, retry).await;
             let latency = (ok && output).then(|| cause.elapsed());
-            Delivered {
-                epoch,
-                token,
-                ok,
-                latency,
-            }
+            Delivered { epoch, ok, latency }
         }));
     }
 
@@ -552,7 +541,6 @@ impl Shard {
     /// The input position to commit at, and the changelog records of what changed since the
     /// last checkpoint (the meta record last), or `None` if nothing did.
     fn take_checkpoint(&mut self, next: i64) -> (i64, Option<Vec<StateRecord>>) {
-        self.ledger.advance(self.engine.watermark());
         let resume_at = self.ledger.resume_at(next, self.engine.watermark());
         if !self.changed && self.engine.changed_profiles() == 0 {
             return (resume_at, None);
