@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use cxstream::config::OutputFormat;
 use cxstream::loadgen::encode;
-use cxstream::service::Service;
 use cxstream::sim::{person_key, SimConfig, Simulator};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -26,7 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 mod common;
-use common::{bench_config, env_or};
+use common::{bench_config, env_or, start_owning};
 
 const PARTITIONS: i32 = 4;
 
@@ -111,12 +110,7 @@ fn main() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let service = Service::start(&config).await.unwrap();
-        let mut status = service.status();
-        status
-            .wait_for(|s| s.assigned.len() == PARTITIONS as usize)
-            .await
-            .unwrap();
+        let service = start_owning(&config, PARTITIONS).await;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", mock.bootstrap_servers())
             .set("linger.ms", "1")

@@ -18,7 +18,6 @@ use cxstream::engine::snapshot::StateKey;
 use cxstream::event::{Action, Channel, Event};
 use cxstream::loadgen::encode;
 use cxstream::proto::state::ShardMeta;
-use cxstream::service::Service;
 use cxstream::sim::{person_key, SimConfig, Simulator};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,7 +27,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 mod common;
-use common::{bench_config, create_topics, env_or};
+use common::{bench_config, create_topics, env_or, start_owning};
 
 fn partition_of(key: &str, partitions: i32) -> i32 {
     (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % partitions as u64) as i32
@@ -148,12 +147,7 @@ fn main() {
         // the partitions (the group join is not counted), and from its first output.
         let complete = total - i64::from(partitions); // the sentinels stay uncommitted
         let commits = Commits::follow(&brokers, &config, partitions);
-        let service = Service::start(&config).await.unwrap();
-        let mut status = service.status();
-        status
-            .wait_for(|s| s.assigned.len() == partitions as usize)
-            .await
-            .unwrap();
+        let service = start_owning(&config, partitions).await;
         let started = Instant::now();
         let (first_output, last_output) = commits
             .wait_for(complete)
@@ -201,12 +195,7 @@ fn main() {
         let complete = per_partition.iter().sum::<i64>() - i64::from(partitions);
         let commits = Commits::follow(&brokers, &config, partitions);
         let started = Instant::now();
-        let service = Service::start(&config).await.unwrap();
-        let mut status = service.status();
-        status
-            .wait_for(|s| s.assigned.len() == partitions as usize)
-            .await
-            .unwrap();
+        let service = start_owning(&config, partitions).await;
         let assigned = started.elapsed();
         commits.wait_for(complete);
         drop(commits);

@@ -74,3 +74,18 @@ pub(crate) async fn create_topics(
         }
     }
 }
+
+/// Starts the service on `config` and returns once it owns all `partitions` of its input
+/// (group joined, shards restored).
+pub(crate) async fn start_owning(
+    config: &cxstream::config::Config,
+    partitions: i32,
+) -> cxstream::service::Service {
+    let service = cxstream::service::Service::start(config).await.unwrap();
+    service
+        .status()
+        .wait_for(|s| s.assigned.len() == partitions as usize)
+        .await
+        .unwrap();
+    service
+}
