@@ -1,7 +1,12 @@
 //! Ad-hoc profiling aid (not a benchmark of record; see benches/): warms an engine with
-//! CUSTOMERS simulated customers, then times N pre-generated events, REPS times.
-//! `cargo run --release --example process_speed -- CUSTOMERS N REPS`
+//! CUSTOMERS simulated customers, then times N pre-generated events, REPS times, decoded from
+//! protobuf (`MODE=pb`, the default), from JSON (`json`) or handed over decoded (`event`).
+//! `cargo run --release --example process_speed -- CUSTOMERS N REPS [MODE]`
+//! It prints "measuring" on stderr when the timed part starts (for `perf record --delay`).
 use std::time::Instant;
+
+use cxstream::decode::{decode_json, decode_protobuf, to_json, to_proto};
+use prost::Message;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -15,18 +20,46 @@ fn arg(i: usize, default: u64) -> u64 {
 
 fn main() {
     let (customers, n, reps) = (arg(1, 100_000), arg(2, 200_000) as usize, arg(3, 1));
+    let mode = std::env::args().nth(4).unwrap_or_else(|| "pb".into());
     let start = Instant::now();
     let (mut engine, mut sim) = cxstream::sim::warmed(customers);
     let mut out = Vec::new();
     let batches: Vec<Vec<_>> = (0..reps).map(|_| sim.by_ref().take(n).collect()).collect();
-    eprintln!("warm after {:?}", start.elapsed());
-    for batch in batches {
+    let encoded: Vec<Vec<Vec<u8>>> = batches
+        .iter()
+        .map(|b| {
+            b.iter()
+                .map(|e| match mode.as_str() {
+                    "json" => serde_json::to_vec(&to_json(e)).expect("json"),
+                    _ => to_proto(e).encode_to_vec(),
+                })
+                .collect()
+        })
+        .collect();
+    eprintln!("warm after {:?}; measuring", start.elapsed());
+    for (batch, bytes) in batches.into_iter().zip(&encoded) {
         let t = Instant::now();
         let mut outputs = 0;
-        for e in batch {
-            engine.ingest(e, &mut out);
-            outputs += out.len();
-            out.clear();
+        if mode == "event" {
+            for e in batch {
+                engine.ingest(e, &mut out);
+                outputs += out.len();
+                out.clear();
+            }
+        } else {
+            drop(batch);
+            for b in bytes {
+                let e = if mode == "json" {
+                    decode_json(b)
+                } else {
+                    decode_protobuf(b)
+                };
+                if let Ok(e) = e {
+                    engine.ingest(e, &mut out);
+                }
+                outputs += out.len();
+                out.clear();
+            }
         }
         println!(
             "{:.0} ns/event, {outputs} outputs, {} profiles, {} open journeys, {} timers",

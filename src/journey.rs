@@ -6,6 +6,7 @@
 
 use compact_str::CompactString;
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 use crate::alert::{AlertType, JourneyOutcome, JourneySummary, StepTiming, SurveyScore};
 use crate::config::JourneySpec;
@@ -112,6 +113,10 @@ pub struct StepState {
     pub entries: u8,
 }
 
+/// Per-step state of an instance, inline for journeys of up to five steps (no allocation of
+/// its own, and in the same cache lines as the rest of the instance).
+pub type Steps = SmallVec<[StepState; 5]>;
+
 /// Rarely needed instance state, allocated on first use.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InstanceExtra {
@@ -135,7 +140,7 @@ pub struct Instance {
     pub fired: u8,
     pub started: Millis,
     pub last: Millis,
-    pub steps: Box<[StepState]>,
+    pub steps: Steps,
     /// The latest activity events: the evidence for alerts.
     pub recent: Recent,
     /// Latest `value` seen on activity; NaN when none.
@@ -193,14 +198,13 @@ impl Instance {
             fired: 0,
             started: t,
             last: t,
-            steps: vec![
+            steps: smallvec::smallvec![
                 StepState {
                     first: NOT_ENTERED,
                     entries: 0
                 };
                 def.steps.len()
-            ]
-            .into_boxed_slice(),
+            ],
             recent: Recent::default(),
             value: f64::NAN,
             extra: None,

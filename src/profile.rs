@@ -2,6 +2,7 @@
 //! the short histories the profile-level detectors look back over.
 
 use compact_str::CompactString;
+use smallvec::SmallVec;
 
 use crate::alert::JourneyOutcome;
 use crate::event::Millis;
@@ -10,6 +11,11 @@ use crate::journey::Instance;
 /// How many closed instances a profile remembers (for escalation after a drop-off, and for
 /// attaching late survey answers).
 pub const CLOSED_KEEP: usize = 4;
+
+/// A profile's identifier keys: most profiles have one to two (customer id, anonymous id),
+/// kept inline in the profile, where the lookup that checks an event's keys finds them
+/// without another memory access.
+pub type Keys = SmallVec<[u64; 2]>;
 
 /// A journey instance after it closed.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +51,7 @@ pub struct Profile {
     pub tier: u16,
     pub last_seen: Millis,
     /// Identifier keys linked to this profile (see [`crate::identity`]).
-    pub keys: Vec<u64>,
+    pub keys: Keys,
     pub open: Vec<Instance>,
     pub extra: Option<Box<ProfileExtra>>,
 }
@@ -58,7 +64,7 @@ impl Profile {
             segment: 0,
             tier: 0,
             last_seen: t,
-            keys: Vec::new(),
+            keys: Keys::new(),
             open: Vec::new(),
             extra: None,
         }

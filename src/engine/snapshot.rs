@@ -442,7 +442,7 @@ fn profile_to(p: &Profile, rules: &Rules, symbols: &crate::identity::Symbols) ->
         segment: symbols.name(p.segment).to_string(),
         tier: symbols.name(p.tier).to_string(),
         last_seen: p.last_seen,
-        keys: p.keys.clone(),
+        keys: p.keys.to_vec(),
         open: p.open.iter().map(|i| instance_to(i, rules)).collect(),
         ..Default::default()
     };
@@ -538,7 +538,7 @@ fn profile_from(
         segment: label(&s.segment),
         tier: label(&s.tier),
         last_seen: s.last_seen,
-        keys: s.keys,
+        keys: s.keys.into(),
         open: Vec::with_capacity(s.open.len()),
         extra: None,
     };
@@ -600,7 +600,7 @@ fn instance_from(
     if s.step_first.len() != def.steps.len() || s.step_entries.len() != def.steps.len() {
         return None;
     }
-    let steps: Box<[StepState]> = s
+    let steps: crate::journey::Steps = s
         .step_first
         .iter()
         .zip(&s.step_entries)

@@ -649,7 +649,8 @@ fn state_structs_stay_small() {
         std::mem::size_of::<Timer>(),
         std::mem::size_of::<Event>()
     );
-    assert!(std::mem::size_of::<Instance>() <= 144);
+    // Steps are inline up to five (no allocation of their own): 144 bytes + a 40-byte box before.
+    assert!(std::mem::size_of::<Instance>() <= 176);
     assert!(std::mem::size_of::<Option<Profile>>() <= 112);
 }
 
