@@ -1,6 +1,7 @@
 //! Ad-hoc profiling aid (not a benchmark of record; see benches/): warms an engine with
 //! CUSTOMERS simulated customers, then times N pre-generated events, REPS times, decoded from
-//! protobuf (`MODE=pb`, the default), from JSON (`json`) or handed over decoded (`event`).
+//! protobuf (`MODE=pb`, the default), from JSON (`json`) or handed over decoded (`event`);
+//! `pb-decode` and `json-decode` only decode.
 //! `cargo run --release --example process_speed -- CUSTOMERS N REPS [MODE]`
 //! It prints "measuring" on stderr when the timed part starts (for `perf record --delay`).
 use std::time::Instant;
@@ -21,6 +22,9 @@ fn arg(i: usize, default: u64) -> u64 {
 fn main() {
     let (customers, n, reps) = (arg(1, 100_000), arg(2, 200_000) as usize, arg(3, 1));
     let mode = std::env::args().nth(4).unwrap_or_else(|| "pb".into());
+    // `pb-decode` / `json-decode`: decode only (what the engine would be handed).
+    let decode_only = mode.ends_with("-decode");
+    let mode = mode.trim_end_matches("-decode").to_string();
     let start = Instant::now();
     let (mut engine, mut sim) = cxstream::sim::warmed(customers);
     let mut out = Vec::new();
@@ -55,7 +59,11 @@ fn main() {
                     decode_protobuf(b)
                 };
                 if let Ok(e) = e {
-                    engine.ingest(e, &mut out);
+                    if decode_only {
+                        std::hint::black_box(e);
+                    } else {
+                        engine.ingest(e, &mut out);
+                    }
                 }
                 outputs += out.len();
                 out.clear();

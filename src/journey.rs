@@ -350,7 +350,7 @@ impl Instance {
         ended: Millis,
         revision: u32,
     ) -> JourneySummary {
-        let mut entered: Vec<(Millis, usize)> = (0..self.steps.len())
+        let mut entered: SmallVec<[(Millis, usize); 8]> = (0..self.steps.len())
             .filter_map(|i| self.first_entry(i as u8).map(|t| (t, i)))
             .collect();
         entered.sort();
