@@ -49,12 +49,16 @@ impl AlertType {
         }
     }
 
-    /// The types whose bits are set in `mask`.
-    pub fn from_mask(mask: u8) -> impl Iterator<Item = AlertType> {
-        AlertType::ALL
-            .iter()
-            .copied()
-            .filter(move |t| mask & t.bit() != 0)
+    /// The types whose bits are set in `mask`, in declaration order.
+    pub fn from_mask(mask: u8) -> Vec<AlertType> {
+        let mut v = Vec::with_capacity(mask.count_ones() as usize);
+        v.extend(
+            AlertType::ALL
+                .iter()
+                .copied()
+                .filter(|t| mask & t.bit() != 0),
+        );
+        v
     }
 }
 

@@ -139,6 +139,12 @@ impl ChannelSet {
             .iter()
             .any(|c| c.is_digital() && self.0 & c.bit() != 0)
     }
+    /// The channels in declaration order, in a vector of exactly their number.
+    pub fn to_vec(self) -> Vec<Channel> {
+        let mut v = Vec::with_capacity(self.0.count_ones() as usize);
+        v.extend(self.iter());
+        v
+    }
     pub fn iter(self) -> impl Iterator<Item = Channel> {
         Channel::ALL
             .iter()

@@ -229,9 +229,7 @@ pub fn build_alert(
         journey_instance_id: instance_id,
         step,
         touchpoint: subject.touchpoint.into(),
-        channels: inst
-            .map(|i| i.channels.iter().collect())
-            .unwrap_or_default(),
+        channels: inst.map(|i| i.channels.to_vec()).unwrap_or_default(),
         occurred_at,
         evidence,
         segment: symbols.name(p.segment).into(),

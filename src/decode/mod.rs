@@ -110,7 +110,8 @@ struct Raw<'a> {
     occurred_at: Option<Result<Millis, Reject>>,
     customer_id: Cow<'a, str>,
     anonymous_id: Cow<'a, str>,
-    identities: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// Inline for the usual one or two (a temporary: no allocation just to pass them on).
+    identities: smallvec::SmallVec<[(Cow<'a, str>, Cow<'a, str>); 2]>,
     channel: Cow<'a, str>,
     touchpoint: Cow<'a, str>,
     action: Cow<'a, str>,
@@ -420,7 +421,7 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, Reject> {
         occurred_at: Some(occurred_at),
         customer_id: j.customer_id.unwrap_or_default(),
         anonymous_id: j.anonymous_id.unwrap_or_default(),
-        identities: j.identities.map(|p| p.0).unwrap_or_default(),
+        identities: j.identities.map(|p| p.0.into()).unwrap_or_default(),
         channel: j.channel.unwrap_or_default(),
         touchpoint: j.touchpoint.unwrap_or_default(),
         action: j.action.unwrap_or_default(),
@@ -590,6 +591,30 @@ mod tests {
         assert_eq!(decode(&bytes, Format::Auto).unwrap(), e);
         let json = serde_json::to_vec(&to_json(&e)).unwrap();
         assert_eq!(decode(&json, Format::Auto).unwrap(), e);
+    }
+
+    #[test]
+    fn a_repeated_identity_kind_keeps_its_last_value() {
+        // Concatenated protobuf messages merge: map entries of both arrive, the last wins.
+        let with = |pairs: &[(String, &str)]| {
+            let mut e = decode_json(SAMPLE.as_bytes()).unwrap();
+            e.identities = pairs
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), (*v).into()))
+                .collect();
+            to_proto(&e).encode_to_vec()
+        };
+        let kinds: Vec<String> = (0..MAX_IDENTITIES).map(|i| format!("k{i:02}")).collect();
+        // A few entries (compared pairwise) and more than a few (through a set).
+        for n in [2, MAX_IDENTITIES] {
+            let first: Vec<_> = kinds[..n].iter().map(|k| (k.clone(), "old")).collect();
+            let mut bytes = with(&first);
+            bytes.extend(with(&[(kinds[0].clone(), "new")]));
+            let e = decode_protobuf(&bytes).unwrap();
+            assert_eq!(e.identities.len(), n);
+            assert_eq!(e.identities[0], (kinds[0].as_str().into(), "new".into()));
+            assert!(e.identities[1..].iter().all(|(_, v)| v == "old"));
+        }
     }
 
     #[test]

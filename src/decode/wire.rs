@@ -244,16 +244,26 @@ pub(super) fn parse_event(mut buf: &[u8]) -> Result<Raw<'_>, Reject> {
         }
     }
     // Map keys are unique: a repeated key's last value wins, as in prost's HashMap.
-    if raw.identities.len() > 1 {
+    // A few entries (the usual case) are compared pairwise, without a set.
+    let ids = &mut raw.identities;
+    if ids.len() > 16 {
         let mut seen = std::collections::HashSet::new();
-        let mut deduped: Vec<_> = raw
-            .identities
+        let mut deduped: Vec<_> = ids
             .drain(..)
             .rev()
             .filter(|(k, _)| seen.insert(k.clone()))
             .collect();
         deduped.reverse();
-        raw.identities = deduped;
+        *ids = deduped.into();
+    } else {
+        let mut i = 0;
+        while i < ids.len() {
+            if ids[i + 1..].iter().any(|(k, _)| *k == ids[i].0) {
+                ids.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
     raw.occurred_at = ts.map(|(secs, nanos)| {
         if !(0..1_000_000_000).contains(&nanos) {
