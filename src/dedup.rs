@@ -1,14 +1,13 @@
 //! The duplicate filter: remembers event ids (as 64-bit hashes) for `dedup_window` of event time.
 //!
-//! One hash set answers "seen?" with a single probe; ids are also listed by time bucket (a
-//! quarter of the window wide) so that expiry removes exactly the ids of whole buckets, with
-//! no scan. An id is remembered for at least the window after its event time, and at most a
-//! quarter window more. Once the watermark has passed an event's time plus the window, a copy
-//! of it would be late anyway, so forgetting it then changes nothing.
+//! One hash map answers "seen?" with a single probe. Each id is stored with its time bucket (a
+//! quarter of the window wide). When a bucket expires, its ids are removed in one sequential
+//! pass over the table, not one random access per id (with millions of ids, each of those was
+//! a cache miss, and listing the ids by bucket cost as much memory as the table). An id is remembered for at least the window after its event time, and
+//! at most a quarter window more. Once the watermark has passed an event's time plus the
+//! window, a copy of it would be late anyway, so forgetting it then changes nothing.
 
-use std::collections::VecDeque;
-
-use hashbrown::HashSet;
+use hashbrown::HashMap;
 
 use crate::event::Millis;
 
@@ -16,9 +15,12 @@ use crate::event::Millis;
 pub struct Dedup {
     bucket_len: Millis,
     window: Millis,
-    seen: HashSet<u64>,
-    /// (bucket number, ids first seen in it), ordered by bucket number.
-    buckets: VecDeque<(Millis, Vec<u64>)>,
+    /// id -> bucket number of its event time.
+    seen: HashMap<u64, Millis>,
+    /// Ids in buckets below this are forgotten (whether or not swept out yet).
+    floor: Millis,
+    /// The floor at the last sweep.
+    swept: Millis,
 }
 
 impl Dedup {
@@ -27,45 +29,40 @@ impl Dedup {
         Dedup {
             bucket_len: window / 4,
             window,
-            seen: HashSet::new(),
-            buckets: VecDeque::new(),
+            seen: HashMap::new(),
+            floor: Millis::MIN,
+            swept: Millis::MIN,
         }
     }
 
     /// Records `id` at event time `t`; false if it was already seen.
     pub fn insert(&mut self, t: Millis, id: u64) -> bool {
-        if !self.seen.insert(id) {
-            return false;
-        }
         let b = t.div_euclid(self.bucket_len);
-        // Almost always the newest bucket: search from the back.
-        let pos = self
-            .buckets
-            .iter()
-            .rposition(|(n, _)| *n <= b)
-            .map_or(0, |i| i + 1);
-        if pos == 0 || self.buckets[pos - 1].0 != b {
-            self.buckets.insert(pos, (b, Vec::new()));
-            self.buckets[pos].1.push(id);
-        } else {
-            self.buckets[pos - 1].1.push(id);
+        match self.seen.entry(id) {
+            hashbrown::hash_map::Entry::Occupied(mut e) => {
+                if *e.get() >= self.floor {
+                    return false;
+                }
+                e.insert(b);
+            }
+            hashbrown::hash_map::Entry::Vacant(e) => {
+                e.insert(b);
+            }
         }
         true
     }
 
-    /// Forgets ids whose event time is older than `watermark - window`.
+    /// Forgets ids whose event time is older than `watermark - window`: every id of a
+    /// bucket whose last millisecond is before that.
     pub fn expire(&mut self, watermark: Millis) {
         let horizon = watermark.saturating_sub(self.window);
-        while let Some((n, _)) = self.buckets.front() {
-            // The bucket's last millisecond is (n + 1) * len - 1.
-            if (n + 1).saturating_mul(self.bucket_len) > horizon {
-                break;
-            }
-            if let Some((_, ids)) = self.buckets.pop_front() {
-                for id in ids {
-                    self.seen.remove(&id);
-                }
-            }
+        // Bucket n's last millisecond is (n + 1) * len - 1: it is forgotten when that is
+        // before the horizon, that is for every n below horizon / len (rounded down).
+        self.floor = self.floor.max(horizon.div_euclid(self.bucket_len));
+        if self.floor > self.swept {
+            let floor = self.floor;
+            self.seen.retain(|_, b| *b >= floor);
+            self.swept = floor;
         }
     }
 
