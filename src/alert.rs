@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 use crate::config::ScoringSection;
-use crate::event::{format_millis, label_enum, Channel, Millis, SurveyKind};
+use crate::event::{label_enum, with_millis_formatted, Channel, Millis, SurveyKind};
 use crate::proto;
 
 label_enum!(
@@ -187,7 +187,7 @@ pub fn hex(v: u128, digits: usize) -> CompactString {
 mod rfc3339 {
     use super::*;
     pub(super) fn serialize<S: serde::Serializer>(t: &Millis, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_millis(*t))
+        with_millis_formatted(*t, |v| s.serialize_str(v))
     }
     pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
         let s = String::deserialize(d)?;

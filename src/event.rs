@@ -15,10 +15,39 @@ pub fn millis(d: std::time::Duration) -> Millis {
 
 /// Formats event time as RFC 3339 with millisecond precision (`2026-11-22T10:00:03.120Z`).
 pub fn format_millis(ms: Millis) -> String {
-    match chrono::DateTime::from_timestamp_millis(ms) {
-        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        None => ms.to_string(),
+    with_millis_formatted(ms, str::to_string)
+}
+
+/// Calls `f` with event time formatted as [`format_millis`] does, without allocating for the
+/// usual years 0 to 9999: outputs carry several timestamps each, and the formatter machinery
+/// cost several times more than the digits themselves. The calendar is chrono's.
+pub fn with_millis_formatted<R>(ms: Millis, f: impl FnOnce(&str) -> R) -> R {
+    use chrono::{Datelike, Timelike};
+    let Some(t) = chrono::DateTime::from_timestamp_millis(ms) else {
+        return f(&ms.to_string());
+    };
+    let (date, time) = (t.date_naive(), t.time());
+    let Some(year) = u32::try_from(date.year()).ok().filter(|y| *y <= 9999) else {
+        return f(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    };
+    let mut buf = *b"0000-00-00T00:00:00.000Z";
+    let fields = [
+        (year, 0, 4),
+        (date.month(), 5, 2),
+        (date.day(), 8, 2),
+        (time.hour(), 11, 2),
+        (time.minute(), 14, 2),
+        (time.second(), 17, 2),
+        (ms.rem_euclid(1000) as u32, 20, 3),
+    ];
+    for (mut v, at, width) in fields {
+        for b in buf[at..at + width].iter_mut().rev() {
+            *b = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
     }
+    // Only ASCII digits and separators were written.
+    f(std::str::from_utf8(&buf).unwrap_or_default())
 }
 
 macro_rules! label_enum {
@@ -220,5 +249,40 @@ impl Event {
     /// True when this event counts as an error for `repeated_error`.
     pub fn is_error(&self) -> bool {
         self.action == Action::Error || self.outcome == Some(Outcome::Failure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chrono_formatted(ms: Millis) -> String {
+        chrono::DateTime::from_timestamp_millis(ms).map_or(ms.to_string(), |t| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        })
+    }
+
+    #[test]
+    fn timestamps_format_as_chrono_does_at_the_edges() {
+        assert_eq!(format_millis(1_795_000_003_120), "2026-11-18T11:06:43.120Z");
+        for ms in [
+            0,
+            -1,
+            -62_167_219_200_000, // 0000-01-01
+            -62_167_219_200_001, // year -1: chrono's own formatting
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+            253_402_300_800_000, // year 10000
+            Millis::MAX,         // out of chrono's range
+        ] {
+            assert_eq!(format_millis(ms), chrono_formatted(ms), "{ms}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn timestamps_format_as_chrono_does(ms in -70_000_000_000_000i64..260_000_000_000_000) {
+            prop_assert_eq!(format_millis(ms), chrono_formatted(ms));
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! of each alert, journey summary and dead letter. Pure, so the exact bytes and headers are
 //! unit-tested without a broker.
 
+use std::borrow::Cow;
+
 use prost::Message;
 
 use crate::alert::Output;
@@ -21,7 +23,8 @@ pub struct OutRecord {
     pub dest: Dest,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
-    pub headers: Vec<(&'static str, Vec<u8>)>,
+    /// Fixed labels are borrowed: no allocation per record for them.
+    pub headers: Vec<(&'static str, Cow<'static, [u8]>)>,
 }
 
 fn content_type(f: OutputFormat) -> &'static [u8] {
@@ -44,11 +47,11 @@ pub fn output_record(o: &Output, format: OutputFormat) -> OutRecord {
                 OutputFormat::Protobuf => a.to_proto().encode_to_vec(),
             },
             headers: vec![
-                ("kind", a.kind.as_str().as_bytes().to_vec()),
-                ("type", a.alert_type.as_str().as_bytes().to_vec()),
-                ("severity", a.severity.as_str().as_bytes().to_vec()),
-                ("content-type", content_type(format).to_vec()),
-                ("schema", b"cx.v1.Alert".to_vec()),
+                ("kind", a.kind.as_str().as_bytes().into()),
+                ("type", a.alert_type.as_str().as_bytes().into()),
+                ("severity", a.severity.as_str().as_bytes().into()),
+                ("content-type", content_type(format).into()),
+                ("schema", b"cx.v1.Alert".as_slice().into()),
             ],
         },
         Output::Journey(j) => OutRecord {
@@ -59,11 +62,11 @@ pub fn output_record(o: &Output, format: OutputFormat) -> OutRecord {
                 OutputFormat::Protobuf => j.to_proto().encode_to_vec(),
             },
             headers: vec![
-                ("kind", b"journey".to_vec()),
-                ("journey", j.journey.as_bytes().to_vec()),
-                ("outcome", j.outcome.as_str().as_bytes().to_vec()),
-                ("content-type", content_type(format).to_vec()),
-                ("schema", b"cx.v1.JourneySummary".to_vec()),
+                ("kind", b"journey".as_slice().into()),
+                ("journey", j.journey.as_bytes().to_vec().into()),
+                ("outcome", j.outcome.as_str().as_bytes().into()),
+                ("content-type", content_type(format).into()),
+                ("schema", b"cx.v1.JourneySummary".as_slice().into()),
             ],
         },
     }
@@ -90,18 +93,24 @@ pub fn dead_letter(
         key: key.map(<[u8]>::to_vec),
         payload: payload.to_vec(),
         headers: vec![
-            ("reason", reason.as_bytes().to_vec()),
-            ("detail", detail.as_bytes().to_vec()),
-            ("source.topic", from.topic.as_bytes().to_vec()),
-            ("source.partition", from.partition.to_string().into_bytes()),
-            ("source.offset", from.offset.to_string().into_bytes()),
+            ("reason", reason.as_bytes().to_vec().into()),
+            ("detail", detail.as_bytes().to_vec().into()),
+            ("source.topic", from.topic.as_bytes().to_vec().into()),
+            (
+                "source.partition",
+                from.partition.to_string().into_bytes().into(),
+            ),
+            ("source.offset", from.offset.to_string().into_bytes().into()),
         ],
     }
 }
 
 /// JSON encoding of our own output types, which cannot fail.
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("outputs always serialize")
+    // Sized for a typical output (~650 bytes): no regrowing on the way.
+    let mut out = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut out, v).expect("outputs always serialize");
+    out
 }
 
 #[cfg(test)]

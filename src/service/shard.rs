@@ -718,7 +718,7 @@ async fn deliver(
             for (key, value) in headers {
                 h = h.insert(Header {
                     key,
-                    value: Some(value),
+                    value: Some(value.as_ref()),
                 });
             }
             h = h.insert(Header {

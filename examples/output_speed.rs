@@ -1,0 +1,31 @@
+//! Ad-hoc profiling aid (not a benchmark of record; see benches/): the cost of turning engine
+//! outputs into the records the service produces (JSON payload, key and headers).
+//! `cargo run --release --example output_speed`: the outputs of 100,000 simulated events
+//! after a warm-up of 20,000 customers, encoded once each.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use cxstream::config::OutputFormat;
+use cxstream::service::records::output_record;
+
+fn main() {
+    let (mut engine, mut sim) = cxstream::sim::warmed(20_000);
+    let mut out = Vec::new();
+    for e in sim.by_ref().take(100_000) {
+        engine.ingest(e, &mut out);
+    }
+    let t = std::time::Instant::now();
+    let mut bytes = 0;
+    for o in &out {
+        bytes += std::hint::black_box(output_record(o, OutputFormat::Json))
+            .payload
+            .len();
+    }
+    println!(
+        "{} outputs: {:.0} ns/output, {} payload bytes/output",
+        out.len(),
+        t.elapsed().as_nanos() as f64 / out.len() as f64,
+        bytes / out.len()
+    );
+}
