@@ -3,9 +3,10 @@
 //! One hash map answers "seen?" with a single probe. Each id is stored with its time bucket (a
 //! quarter of the window wide). When a bucket expires, its ids are removed in one sequential
 //! pass over the table, not one random access per id (with millions of ids, each of those was
-//! a cache miss, and listing the ids by bucket cost as much memory as the table). An id is remembered for at least the window after its event time, and
-//! at most a quarter window more. Once the watermark has passed an event's time plus the
-//! window, a copy of it would be late anyway, so forgetting it then changes nothing.
+//! a cache miss, and listing the ids by bucket cost as much memory as the table). An id is
+//! remembered for at least the window after its event time, and at most a quarter window
+//! more. Once the watermark has passed an event's time plus the window, a copy of it would be
+//! late anyway, so forgetting it then changes nothing.
 
 use hashbrown::HashMap;
 
@@ -17,10 +18,8 @@ pub struct Dedup {
     window: Millis,
     /// id -> bucket number of its event time.
     seen: HashMap<u64, Millis>,
-    /// Ids in buckets below this are forgotten (whether or not swept out yet).
+    /// Ids of buckets below this have been forgotten.
     floor: Millis,
-    /// The floor at the last sweep.
-    swept: Millis,
 }
 
 impl Dedup {
@@ -31,25 +30,18 @@ impl Dedup {
             window,
             seen: HashMap::new(),
             floor: Millis::MIN,
-            swept: Millis::MIN,
         }
     }
 
     /// Records `id` at event time `t`; false if it was already seen.
     pub fn insert(&mut self, t: Millis, id: u64) -> bool {
-        let b = t.div_euclid(self.bucket_len);
         match self.seen.entry(id) {
-            hashbrown::hash_map::Entry::Occupied(mut e) => {
-                if *e.get() >= self.floor {
-                    return false;
-                }
-                e.insert(b);
-            }
+            hashbrown::hash_map::Entry::Occupied(_) => false,
             hashbrown::hash_map::Entry::Vacant(e) => {
-                e.insert(b);
+                e.insert(t.div_euclid(self.bucket_len));
+                true
             }
         }
-        true
     }
 
     /// Forgets ids whose event time is older than `watermark - window`: every id of a
@@ -58,11 +50,10 @@ impl Dedup {
         let horizon = watermark.saturating_sub(self.window);
         // Bucket n's last millisecond is (n + 1) * len - 1: it is forgotten when that is
         // before the horizon, that is for every n below horizon / len (rounded down).
-        self.floor = self.floor.max(horizon.div_euclid(self.bucket_len));
-        if self.floor > self.swept {
-            let floor = self.floor;
+        let floor = horizon.div_euclid(self.bucket_len);
+        if floor > self.floor {
             self.seen.retain(|_, b| *b >= floor);
-            self.swept = floor;
+            self.floor = floor;
         }
     }
 
@@ -91,5 +82,11 @@ mod tests {
         d.expire(1400);
         assert!(d.insert(1400, 7), "forgotten after window + a quarter");
         assert_eq!(d.len(), 1);
+        // Bucket 5 is 1250..=1499: kept while the horizon (watermark - window) is at its last
+        // millisecond, forgotten one millisecond later.
+        d.expire(2499);
+        assert!(!d.insert(2499, 7));
+        d.expire(2500);
+        assert!(d.insert(2500, 7));
     }
 }
