@@ -507,9 +507,9 @@ pub fn person_key(e: &Event) -> CompactString {
 /// An engine on the example config holding `n` profiles, each with one open checkout: a
 /// login, `cart.view` and `checkout.start` per customer, 10,000 events per second of event
 /// time, or more above 1M customers so that they span at most 5 minutes (all within the dedup
-/// window, none abandoned), with `engine.max_profiles` raised to `n` if below. The state the memory and restore benchmarks
-/// measure; `tracked`: the engine records changes from the start (as the service's shards
-/// do), so its checkpoint holds the dedup window too.
+/// window, none abandoned), with `engine.max_profiles` raised to `n` if below. The state the
+/// memory and restore benchmarks measure; `tracked`: the engine records changes from the
+/// start (as the service's shards do), so its checkpoint holds the dedup window too.
 pub fn open_checkouts(n: u64, tracked: bool) -> crate::engine::Engine {
     let mut config = crate::config::Config::example();
     config.engine.max_profiles = config.engine.max_profiles.max(n as usize);
