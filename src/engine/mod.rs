@@ -251,10 +251,10 @@ impl Engine {
         self.watermark = w;
         loop {
             let next_event = self.pending.peek().map(|p| p.0 .0).filter(|t| *t < w);
-            let next_timer = self.timers.peek_due().filter(|d| *d < w);
+            let next_timer = self.timers.peek_due(w);
             match (next_event, next_timer) {
                 (_, Some(d)) if next_event.is_none_or(|t| d <= t) => {
-                    let Some(timer) = self.timers.pop() else {
+                    let Some(timer) = self.timers.pop(w) else {
                         break;
                     };
                     self.maybe_sweep(d);

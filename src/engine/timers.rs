@@ -72,17 +72,25 @@ impl TimerQueue {
         self.far_len += 1;
     }
 
-    /// The earliest timer, moving the next bucket in when the current one is used up.
-    fn peek(&mut self) -> Option<Timer> {
+    /// The earliest timer due before `before`, moving the next bucket in when the current one
+    /// is used up. A bucket is moved in only once `before` reaches it: were it moved in early
+    /// (an idle spell can put the next timer hours ahead), every timer pushed before its end
+    /// would go to the small heap, which would then hold most of the queue.
+    fn peek(&mut self, before: Millis) -> Option<Timer> {
+        // The last bucket that can hold a timer due before `before`.
+        let last = before.saturating_sub(1).div_euclid(RESOLUTION);
         while self.near.is_empty() && self.late.is_empty() && self.far_len > 0 {
             let mut scanned = 0;
-            while !self.far.contains_key(&self.next_bucket) {
+            while self.next_bucket <= last && !self.far.contains_key(&self.next_bucket) {
                 scanned += 1;
                 if scanned >= SCAN_LIMIT {
                     self.next_bucket = *self.far.keys().min().expect("far_len > 0");
                 } else {
                     self.next_bucket += 1;
                 }
+            }
+            if self.next_bucket > last {
+                return None;
             }
             let b = self.next_bucket;
             let mut timers = self.far.remove(&b).expect("present");
@@ -92,19 +100,21 @@ impl TimerQueue {
             self.near_end = (b + 1).saturating_mul(RESOLUTION);
             self.next_bucket = b + 1;
         }
-        match (self.near.last(), self.late.peek()) {
+        let first = match (self.near.last(), self.late.peek()) {
             (Some(n), Some(l)) => Some((*n).min(l.0)),
             (n, l) => n.copied().or(l.map(|l| l.0)),
-        }
+        };
+        first.filter(|t| t.due < before)
     }
 
-    /// The earliest due time.
-    pub(super) fn peek_due(&mut self) -> Option<Millis> {
-        self.peek().map(|t| t.due)
+    /// The earliest due time, if it is before `before`.
+    pub(super) fn peek_due(&mut self, before: Millis) -> Option<Millis> {
+        self.peek(before).map(|t| t.due)
     }
 
-    pub(super) fn pop(&mut self) -> Option<Timer> {
-        let first = self.peek()?;
+    /// Takes the earliest timer if it is due before `before`.
+    pub(super) fn pop(&mut self, before: Millis) -> Option<Timer> {
+        let first = self.peek(before)?;
         if self.near.last() == Some(&first) {
             self.near.pop()
         } else {
@@ -123,21 +133,26 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// Whatever the pushes (interleaved with pops), timers come out in order.
+        /// Whatever the pushes and the bounds popped up to (interleaved), timers come out in
+        /// order, and only those due before the bound.
         #[test]
         fn pops_in_order(ops in prop::collection::vec((any::<bool>(), 0i64..100_000, 0u64..4), 1..300)) {
             let mut q = TimerQueue::new();
             let mut reference = BinaryHeap::new();
             let mut floor = 0;
-            for (push, due, inst) in ops {
+            for (push, at, inst) in ops {
                 if push {
                     // Pushes are never earlier than what was already popped (time moves on).
-                    let t = Timer { due: floor + due, instance: inst, kind: 0, slot: 0 };
+                    let t = Timer { due: floor + at, instance: inst, kind: 0, slot: 0 };
                     q.push(t);
                     reference.push(Reverse(t));
                 } else {
-                    let a = q.pop();
-                    let b = reference.pop().map(|r| r.0);
+                    let before = floor + at;
+                    let a = q.pop(before);
+                    let b = reference.peek().filter(|r| r.0.due < before).map(|r| r.0);
+                    if b.is_some() {
+                        reference.pop();
+                    }
                     prop_assert_eq!(a, b);
                     if let Some(t) = a {
                         floor = t.due;
@@ -146,28 +161,43 @@ mod tests {
                 prop_assert_eq!(q.len(), reference.len());
             }
             while let Some(b) = reference.pop() {
-                prop_assert_eq!(q.pop(), Some(b.0));
+                prop_assert_eq!(q.pop(Millis::MAX), Some(b.0));
             }
-            prop_assert_eq!(q.pop(), None);
+            prop_assert_eq!(q.pop(Millis::MAX), None);
         }
+    }
+
+    fn timer(due: Millis, instance: u64) -> Timer {
+        Timer {
+            due,
+            instance,
+            kind: 0,
+            slot: 0,
+        }
+    }
+
+    #[test]
+    fn a_far_bucket_is_not_moved_in_before_it_is_due() {
+        let hour = 3_600_000;
+        let mut q = TimerQueue::new();
+        q.push(timer(0, 1));
+        q.push(timer(3 * hour, 2));
+        assert_eq!(q.pop(1).map(|t| t.instance), Some(1));
+        assert_eq!(q.pop(2 * hour), None);
+        // Timers due before the far one go to their buckets, not to the small heap.
+        for i in 0..1000 {
+            q.push(timer(hour + i * 1000, 10 + i as u64));
+        }
+        assert_eq!(q.late.len(), 0, "late heap");
+        assert_eq!(q.pop(Millis::MAX).map(|t| t.instance), Some(10));
     }
 
     #[test]
     fn far_apart_timers_are_found_without_scanning_every_second() {
         let mut q = TimerQueue::new();
-        q.push(Timer {
-            due: 0,
-            instance: 1,
-            kind: 0,
-            slot: 0,
-        });
-        q.push(Timer {
-            due: 400 * 86_400_000,
-            instance: 2,
-            kind: 0,
-            slot: 0,
-        });
-        assert_eq!(q.pop().map(|t| t.instance), Some(1));
-        assert_eq!(q.pop().map(|t| t.instance), Some(2));
+        q.push(timer(0, 1));
+        q.push(timer(400 * 86_400_000, 2));
+        assert_eq!(q.pop(Millis::MAX).map(|t| t.instance), Some(1));
+        assert_eq!(q.pop(Millis::MAX).map(|t| t.instance), Some(2));
     }
 }
