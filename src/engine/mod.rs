@@ -12,9 +12,6 @@
 //! exactly the same outputs as the same events in order. Events older than the watermark are
 //! late: counted, not applied.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::alert::{AlertType, JourneyOutcome, Output, Scorer};
@@ -124,14 +121,12 @@ pub struct Engine {
     rules: Rules,
     watermark: Millis,
     max_seen: Millis,
-    /// Buffered events in application order: (event time, event id hash, slot in `parked`).
-    /// Two distinct ids with the same millisecond and the same 64-bit hash would be ordered
-    /// by arrival: the one (astronomically rare) case where arrival order can show through.
-    pending: BinaryHeap<Reverse<(Millis, u64, u32)>>,
+    /// Buffered events in application order (see [`Parked`]).
+    pending: TimeQueue<Parked>,
     /// The buffered events themselves, in reusable slots (no allocation per event).
     parked: Vec<Option<Event>>,
     free_parked: Vec<u32>,
-    timers: TimerQueue,
+    timers: TimeQueue<Timer>,
     dedup: Dedup,
     profiles: Vec<Option<Profile>>,
     free: Vec<u32>,
@@ -155,10 +150,10 @@ impl Engine {
             rules,
             watermark: Millis::MIN,
             max_seen: Millis::MIN,
-            pending: BinaryHeap::new(),
+            pending: TimeQueue::new(),
             parked: Vec::new(),
             free_parked: Vec::new(),
-            timers: TimerQueue::new(),
+            timers: TimeQueue::new(),
             profiles: Vec::new(),
             free: Vec::new(),
             index: IdentityIndex::default(),
@@ -233,7 +228,11 @@ impl Engine {
                 (self.parked.len() - 1) as u32
             }
         };
-        self.pending.push(Reverse((t, id_hash, slot)));
+        self.pending.push(Parked {
+            at: t,
+            id: id_hash,
+            slot,
+        });
         if t > self.max_seen {
             self.max_seen = t;
             self.advance_to(t.saturating_sub(self.rules.allowed_lateness), out);
@@ -250,8 +249,8 @@ impl Engine {
         }
         self.watermark = w;
         loop {
-            let next_event = self.pending.peek().map(|p| p.0 .0).filter(|t| *t < w);
-            let next_timer = self.timers.peek_due(w);
+            let next_event = self.pending.peek_time(w);
+            let next_timer = self.timers.peek_time(w);
             match (next_event, next_timer) {
                 (_, Some(d)) if next_event.is_none_or(|t| d <= t) => {
                     let Some(timer) = self.timers.pop(w) else {
@@ -261,7 +260,7 @@ impl Engine {
                     self.fire(timer, out);
                 }
                 (Some(t), _) => {
-                    let Some(Reverse((_, _, slot))) = self.pending.pop() else {
+                    let Some(Parked { slot, .. }) = self.pending.pop(w) else {
                         break;
                     };
                     let Some(event) = self.parked[slot as usize].take() else {
@@ -645,9 +644,9 @@ fn close(
 }
 
 mod apply;
+mod queue;
 pub mod snapshot;
-mod timers;
 
-use timers::{Timer, TimerQueue, DROP_OFF};
+use queue::{Parked, TimeQueue, Timer, DROP_OFF};
 #[cfg(test)]
 mod tests;

@@ -1,12 +1,14 @@
-//! The timer queue: drop-off and slow-step checks, popped in (due, instance, kind) order.
+//! Time-ordered queues: the drop-off and slow-step timers, and the reorder buffer of events
+//! waiting for the watermark. Both pop in order of time (ties broken by the rest of the item).
 //!
-//! A binary heap over a million timers pays ~20 cache misses per pop. Timers here are coarse
-//! (minutes to days) and mostly pushed near "now", so they go into one-second buckets in a
-//! hash map. The bucket being consumed is sorted once, when it comes due, and popped from its
-//! end (one cache-friendly read per pop, where even a small heap's sift-down touched a dozen
-//! lines that the rest of the engine's work had evicted in between); the few timers pushed
-//! into the current second meanwhile wait in a small heap beside it. Pushing is one hash
-//! lookup; popping takes the smaller of the two heads.
+//! A binary heap over a million timers pays ~20 cache misses per pop, and even the reorder
+//! buffer's few thousand events, small enough for the cache, were evicted by the rest of the
+//! engine's work between pops. Items are mostly pushed a little ahead of "now" (timers minutes
+//! to days, events up to the allowed lateness), so they go into one-second buckets in a hash
+//! map. The bucket being consumed is sorted once, when time reaches it, and popped from its
+//! end (one cache-friendly read per pop); the few items pushed into the current second
+//! meanwhile wait in a small heap beside it. Pushing is one hash lookup; popping takes the
+//! smaller of the two heads.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -32,35 +34,66 @@ pub(super) struct Timer {
     pub slot: u32,
 }
 
-#[derive(Debug, Default)]
-pub(super) struct TimerQueue {
+/// An event waiting in the reorder buffer: its time, its id's hash, and where it is parked.
+/// Applied in this order; two distinct ids with the same millisecond and the same 64-bit hash
+/// would be ordered by slot, which depends on arrival: the one (astronomically rare) case
+/// where arrival order can show through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Parked {
+    pub at: Millis,
+    pub id: u64,
+    pub slot: u32,
+}
+
+/// An item with a time, ordered by it first.
+pub(super) trait Timed: Ord + Copy {
+    fn time(&self) -> Millis;
+}
+
+impl Timed for Timer {
+    fn time(&self) -> Millis {
+        self.due
+    }
+}
+
+impl Timed for Parked {
+    fn time(&self) -> Millis {
+        self.at
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct TimeQueue<T> {
     /// The current bucket, sorted latest first (popped from the end).
-    near: Vec<Timer>,
-    /// Timers pushed into the current bucket after it was sorted.
-    late: BinaryHeap<Reverse<Timer>>,
-    /// End of the current bucket: timers due before it go to `late`.
+    near: Vec<T>,
+    /// Items pushed into the current bucket after it was sorted.
+    late: BinaryHeap<Reverse<T>>,
+    /// End of the current bucket: items before it go to `late`.
     near_end: Millis,
-    /// Later timers by bucket number (due / RESOLUTION); every bucket is >= `next_bucket`.
-    far: HashMap<Millis, Vec<Timer>>,
+    /// Later items by bucket number (time / RESOLUTION); every bucket is >= `next_bucket`.
+    far: HashMap<Millis, Vec<T>>,
     next_bucket: Millis,
     far_len: usize,
 }
 
-impl TimerQueue {
+impl<T: Timed> TimeQueue<T> {
     pub(super) fn new() -> Self {
-        TimerQueue {
+        TimeQueue {
+            near: Vec::new(),
+            late: BinaryHeap::new(),
             near_end: Millis::MIN,
+            far: HashMap::new(),
             next_bucket: Millis::MIN,
-            ..Default::default()
+            far_len: 0,
         }
     }
 
-    pub(super) fn push(&mut self, t: Timer) {
-        if t.due < self.near_end {
+    pub(super) fn push(&mut self, t: T) {
+        if t.time() < self.near_end {
             self.late.push(Reverse(t));
             return;
         }
-        let b = t.due.div_euclid(RESOLUTION);
+        let b = t.time().div_euclid(RESOLUTION);
         if self.far_len == 0 || b < self.next_bucket {
             self.next_bucket = if self.far_len == 0 {
                 b
@@ -72,12 +105,12 @@ impl TimerQueue {
         self.far_len += 1;
     }
 
-    /// The earliest timer due before `before`, moving the next bucket in when the current one
-    /// is used up. A bucket is moved in only once `before` reaches it: were it moved in early
-    /// (an idle spell can put the next timer hours ahead), every timer pushed before its end
+    /// The earliest item before `before`, moving the next bucket in when the current one is
+    /// used up. A bucket is moved in only once `before` reaches it: were it moved in early
+    /// (an idle spell can put the next timer hours ahead), every item pushed before its end
     /// would go to the small heap, which would then hold most of the queue.
-    fn peek(&mut self, before: Millis) -> Option<Timer> {
-        // The last bucket that can hold a timer due before `before`.
+    fn peek(&mut self, before: Millis) -> Option<T> {
+        // The last bucket that can hold an item before `before`.
         let last = before.saturating_sub(1).div_euclid(RESOLUTION);
         while self.near.is_empty() && self.late.is_empty() && self.far_len > 0 {
             let mut scanned = 0;
@@ -93,10 +126,10 @@ impl TimerQueue {
                 return None;
             }
             let b = self.next_bucket;
-            let mut timers = self.far.remove(&b).expect("present");
-            self.far_len -= timers.len();
-            timers.sort_unstable_by(|a, b| b.cmp(a));
-            self.near = timers;
+            let mut items = self.far.remove(&b).expect("present");
+            self.far_len -= items.len();
+            items.sort_unstable_by(|a, b| b.cmp(a));
+            self.near = items;
             self.near_end = (b + 1).saturating_mul(RESOLUTION);
             self.next_bucket = b + 1;
         }
@@ -104,16 +137,16 @@ impl TimerQueue {
             (Some(n), Some(l)) => Some((*n).min(l.0)),
             (n, l) => n.copied().or(l.map(|l| l.0)),
         };
-        first.filter(|t| t.due < before)
+        first.filter(|t| t.time() < before)
     }
 
-    /// The earliest due time, if it is before `before`.
-    pub(super) fn peek_due(&mut self, before: Millis) -> Option<Millis> {
-        self.peek(before).map(|t| t.due)
+    /// The earliest item's time, if it is before `before`.
+    pub(super) fn peek_time(&mut self, before: Millis) -> Option<Millis> {
+        self.peek(before).map(|t| t.time())
     }
 
-    /// Takes the earliest timer if it is due before `before`.
-    pub(super) fn pop(&mut self, before: Millis) -> Option<Timer> {
+    /// Takes the earliest item if it is before `before`.
+    pub(super) fn pop(&mut self, before: Millis) -> Option<T> {
         let first = self.peek(before)?;
         if self.near.last() == Some(&first) {
             self.near.pop()
@@ -137,7 +170,7 @@ mod tests {
         /// order, and only those due before the bound.
         #[test]
         fn pops_in_order(ops in prop::collection::vec((any::<bool>(), 0i64..100_000, 0u64..4), 1..300)) {
-            let mut q = TimerQueue::new();
+            let mut q = TimeQueue::new();
             let mut reference = BinaryHeap::new();
             let mut floor = 0;
             for (push, at, inst) in ops {
@@ -179,7 +212,7 @@ mod tests {
     #[test]
     fn a_far_bucket_is_not_moved_in_before_it_is_due() {
         let hour = 3_600_000;
-        let mut q = TimerQueue::new();
+        let mut q = TimeQueue::new();
         q.push(timer(0, 1));
         q.push(timer(3 * hour, 2));
         assert_eq!(q.pop(1).map(|t| t.instance), Some(1));
@@ -194,7 +227,7 @@ mod tests {
 
     #[test]
     fn far_apart_timers_are_found_without_scanning_every_second() {
-        let mut q = TimerQueue::new();
+        let mut q = TimeQueue::new();
         q.push(timer(0, 1));
         q.push(timer(400 * 86_400_000, 2));
         assert_eq!(q.pop(Millis::MAX).map(|t| t.instance), Some(1));
