@@ -95,11 +95,7 @@ impl<T: Timed> TimeQueue<T> {
         }
         let b = t.time().div_euclid(RESOLUTION);
         if self.far_len == 0 || b < self.next_bucket {
-            self.next_bucket = if self.far_len == 0 {
-                b
-            } else {
-                self.next_bucket.min(b)
-            };
+            self.next_bucket = b;
         }
         self.far.entry(b).or_default().push(t);
         self.far_len += 1;
@@ -112,7 +108,8 @@ impl<T: Timed> TimeQueue<T> {
     fn peek(&mut self, before: Millis) -> Option<T> {
         // The last bucket that can hold an item before `before`.
         let last = before.saturating_sub(1).div_euclid(RESOLUTION);
-        while self.near.is_empty() && self.late.is_empty() && self.far_len > 0 {
+        // Buckets in `far` are never empty: moving one in ends the search.
+        if self.near.is_empty() && self.late.is_empty() && self.far_len > 0 {
             let mut scanned = 0;
             while self.next_bucket <= last && !self.far.contains_key(&self.next_bucket) {
                 scanned += 1;
