@@ -16,7 +16,6 @@
 //! (the oldest event not yet applied). Events after it that *were* applied are in the
 //! restored duplicate filter, which holds applied events only, so they are not applied twice.
 
-use compact_str::CompactString;
 use hashbrown::HashMap;
 use prost::Message;
 
@@ -332,13 +331,18 @@ impl Engine {
         let mut c = self.changes.take().expect("tracking");
         let mut out = Vec::with_capacity(c.dirty.len() + c.stale.len() + 3);
         out.append(&mut c.stale);
+        let mut scratch = Vec::with_capacity(1024);
         for slot in c.dirty.drain(..) {
             c.marked[slot as usize] = false;
             let value = self
                 .profiles
                 .get(slot as usize)
                 .and_then(|p| p.as_ref())
-                .map(|p| profile_to(p, &self.rules, &self.symbols).encode_to_vec());
+                .map(|p| {
+                    scratch.clear();
+                    wire::profile(&mut scratch, p, &self.rules, &self.symbols);
+                    scratch.as_slice().to_vec()
+                });
             out.push(StateRecord {
                 key: StateKey::Profile(slot),
                 value,
@@ -425,96 +429,6 @@ impl Engine {
             }
         }
     }
-}
-
-fn stamp(key: u64, time: Millis, id: &CompactString) -> pb::Stamp {
-    pb::Stamp {
-        key,
-        time,
-        event_id: id.to_string(),
-    }
-}
-
-fn profile_to(p: &Profile, rules: &Rules, symbols: &crate::identity::Symbols) -> pb::ProfileState {
-    let mut s = pb::ProfileState {
-        id: p.id.to_string(),
-        has_customer: p.has_customer,
-        segment: symbols.name(p.segment).to_string(),
-        tier: symbols.name(p.tier).to_string(),
-        last_seen: p.last_seen,
-        keys: p.keys.to_vec(),
-        open: p.open.iter().map(|i| instance_to(i, rules)).collect(),
-        ..Default::default()
-    };
-    if let Some(e) = &p.extra {
-        s.closed = e
-            .closed
-            .iter()
-            .map(|c| pb::ClosedState {
-                inst: Some(instance_to(&c.inst, rules)),
-                outcome: c.outcome as u32,
-                ended: c.ended,
-                revision: c.revision,
-            })
-            .collect();
-        s.contacts = e.contacts.iter().map(|(t, id)| stamp(0, *t, id)).collect();
-        s.clicks = e
-            .clicks
-            .iter()
-            .map(|(k, t, id)| stamp(*k, *t, id))
-            .collect();
-        s.loose_errors = e
-            .loose_errors
-            .iter()
-            .map(|(k, t, id)| stamp(*k, *t, id))
-            .collect();
-        s.cooldowns = e
-            .cooldowns
-            .iter()
-            .map(|(k, until)| pb::Stamp {
-                key: *k,
-                time: *until,
-                event_id: String::new(),
-            })
-            .collect();
-    }
-    s
-}
-
-fn instance_to(i: &Instance, rules: &Rules) -> pb::InstanceState {
-    let mut s = pb::InstanceState {
-        id: i.id,
-        journey: rules.catalog.journeys[usize::from(i.journey)]
-            .name
-            .to_string(),
-        current: u32::from(i.current),
-        furthest: u32::from(i.furthest),
-        channels: u32::from(i.channels.0),
-        fired: u32::from(i.fired),
-        started: i.started,
-        last: i.last,
-        step_first: i.steps.iter().map(|s| s.first).collect(),
-        step_entries: i.steps.iter().map(|s| s.entries).collect(),
-        value: (!i.value.is_nan()).then_some(i.value),
-        ..Default::default()
-    };
-    for (step, id) in i.recent.iter() {
-        s.recent_steps.push(step);
-        s.recent_ids.push(id.to_string());
-    }
-    if let Some(e) = &i.extra {
-        s.errors = e.errors.iter().map(|(t, id)| stamp(0, *t, id)).collect();
-        s.surveys = e
-            .surveys
-            .iter()
-            .map(|(v, id)| pb::Survey {
-                kind: v.kind as u32,
-                score: v.score,
-                event_id: id.to_string(),
-            })
-            .collect();
-    }
-    s
 }
 
 /// A profile from its record, and how many of its instances belong to no configured journey.
@@ -648,6 +562,8 @@ fn instance_from(
         extra,
     })
 }
+
+mod wire;
 
 #[cfg(test)]
 mod tests;

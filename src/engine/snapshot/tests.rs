@@ -5,6 +5,7 @@ use crate::engine::Ingest;
 use crate::event::Event;
 use crate::service::ledger::Ledger;
 use crate::sim::{SimConfig, Simulator};
+use compact_str::CompactString;
 
 /// The simulator's events, plus every 25th a resent earlier event id with a current time: a
 /// duplicate only the restored dedup window can recognise (its original was applied long ago).
@@ -227,4 +228,154 @@ fn the_dedup_window_is_written_in_bounded_records() {
     assert!(batches
         .iter()
         .all(|r| r.value.as_ref().unwrap().len() < 500_000));
+}
+
+// ------------------------------------------------------------ the profile record's bytes
+
+// The owned prost message of a profile, as checkpoints once built it: the oracle that
+// `wire::profile` writes the same bytes as.
+
+fn prost_stamp(key: u64, time: Millis, id: &CompactString) -> pb::Stamp {
+    pb::Stamp {
+        key,
+        time,
+        event_id: id.to_string(),
+    }
+}
+
+fn prost_profile(
+    p: &Profile,
+    rules: &Rules,
+    symbols: &crate::identity::Symbols,
+) -> pb::ProfileState {
+    let mut s = pb::ProfileState {
+        id: p.id.to_string(),
+        has_customer: p.has_customer,
+        segment: symbols.name(p.segment).to_string(),
+        tier: symbols.name(p.tier).to_string(),
+        last_seen: p.last_seen,
+        keys: p.keys.to_vec(),
+        open: p.open.iter().map(|i| prost_instance(i, rules)).collect(),
+        ..Default::default()
+    };
+    if let Some(e) = &p.extra {
+        s.closed = e
+            .closed
+            .iter()
+            .map(|c| pb::ClosedState {
+                inst: Some(prost_instance(&c.inst, rules)),
+                outcome: c.outcome as u32,
+                ended: c.ended,
+                revision: c.revision,
+            })
+            .collect();
+        s.contacts = e
+            .contacts
+            .iter()
+            .map(|(t, id)| prost_stamp(0, *t, id))
+            .collect();
+        s.clicks = e
+            .clicks
+            .iter()
+            .map(|(k, t, id)| prost_stamp(*k, *t, id))
+            .collect();
+        s.loose_errors = e
+            .loose_errors
+            .iter()
+            .map(|(k, t, id)| prost_stamp(*k, *t, id))
+            .collect();
+        s.cooldowns = e
+            .cooldowns
+            .iter()
+            .map(|(k, until)| pb::Stamp {
+                key: *k,
+                time: *until,
+                event_id: String::new(),
+            })
+            .collect();
+    }
+    s
+}
+
+fn prost_instance(i: &Instance, rules: &Rules) -> pb::InstanceState {
+    let mut s = pb::InstanceState {
+        id: i.id,
+        journey: rules.catalog.journeys[usize::from(i.journey)]
+            .name
+            .to_string(),
+        current: u32::from(i.current),
+        furthest: u32::from(i.furthest),
+        channels: u32::from(i.channels.0),
+        fired: u32::from(i.fired),
+        started: i.started,
+        last: i.last,
+        step_first: i.steps.iter().map(|s| s.first).collect(),
+        step_entries: i.steps.iter().map(|s| s.entries).collect(),
+        value: (!i.value.is_nan()).then_some(i.value),
+        ..Default::default()
+    };
+    for (step, id) in i.recent.iter() {
+        s.recent_steps.push(step);
+        s.recent_ids.push(id.to_string());
+    }
+    if let Some(e) = &i.extra {
+        s.errors = e
+            .errors
+            .iter()
+            .map(|(t, id)| prost_stamp(0, *t, id))
+            .collect();
+        s.surveys = e
+            .surveys
+            .iter()
+            .map(|(v, id)| pb::Survey {
+                kind: v.kind as u32,
+                score: v.score,
+                event_id: id.to_string(),
+            })
+            .collect();
+    }
+    s
+}
+
+#[test]
+fn profile_records_are_the_bytes_prost_writes() {
+    let rules = rules();
+    let mut engine = Engine::new(rules.clone());
+    let mut out = Vec::new();
+    for seed in [1, 2, 3] {
+        for e in events(seed, 4000) {
+            engine.ingest(e, &mut out);
+        }
+    }
+    // Every part of the record is written at least once: each is counted where present.
+    let mut present = [0usize; 9];
+    for p in engine.profiles.iter().flatten() {
+        let mut buf = Vec::new();
+        wire::profile(&mut buf, p, &engine.rules, &engine.symbols);
+        let expected = prost_profile(p, &engine.rules, &engine.symbols);
+        assert_eq!(buf, expected.encode_to_vec(), "{p:?}");
+        let instances = expected
+            .open
+            .iter()
+            .chain(expected.closed.iter().filter_map(|c| c.inst.as_ref()));
+        for (k, n) in [
+            !expected.segment.is_empty(),
+            !expected.open.is_empty(),
+            !expected.closed.is_empty(),
+            !expected.contacts.is_empty(),
+            !expected.clicks.is_empty(),
+            !expected.loose_errors.is_empty(),
+            !expected.cooldowns.is_empty(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            present[k] += usize::from(n);
+        }
+        for i in instances {
+            present[7] += usize::from(!i.errors.is_empty());
+            present[8] += usize::from(!i.surveys.is_empty());
+        }
+    }
+    assert!(present.iter().all(|&n| n > 0), "{present:?}");
 }
