@@ -11,9 +11,9 @@ use crate::journey::Instance;
 use crate::profile::Profile;
 
 impl Engine {
-    pub(super) fn apply(&mut self, e: Event, out: &mut Vec<Output>) {
+    pub(super) fn apply(&mut self, e: &Event, out: &mut Vec<Output>) {
         let t = e.occurred_at;
-        let slot = self.resolve(&e, t);
+        let slot = self.resolve(e, t);
         self.touch(slot);
         let mut touched = std::mem::take(&mut self.touched);
         touched.clear();
@@ -94,7 +94,7 @@ impl Engine {
                 let step = rules.catalog.step_of(inst.journey, &e.touchpoint);
                 let mut ev = inst.evidence(None);
                 ev.push(e.event_id.clone());
-                let subject = Subject::on(def, inst, step, &e);
+                let subject = Subject::on(def, inst, step, e);
                 alert(p, AlertType::ChannelEscalation, subject, t, ev, out);
             }
         }
@@ -150,7 +150,7 @@ impl Engine {
                     && inst.fire(AlertType::StepLoop)
                 {
                     let inst = &p.open[idx];
-                    let subject = Subject::on(def, inst, Some(s), &e);
+                    let subject = Subject::on(def, inst, Some(s), e);
                     alert(
                         p,
                         AlertType::StepLoop,
@@ -165,7 +165,7 @@ impl Engine {
                 let inst = &mut p.open[idx];
                 let hit = friction::count_window(&mut inst.extra().errors, t, &e.event_id, th);
                 if let Some(ev) = hit.filter(|_| inst.fire(AlertType::RepeatedError)) {
-                    let subject = Subject::on(def, &p.open[idx], Some(s), &e);
+                    let subject = Subject::on(def, &p.open[idx], Some(s), e);
                     alert(p, AlertType::RepeatedError, subject, t, ev, out);
                 }
             }
@@ -184,7 +184,7 @@ impl Engine {
                     fr.cooldown,
                 )
             }) {
-                let subject = Subject::outside(&e);
+                let subject = Subject::outside(e);
                 alert(p, AlertType::RepeatedError, subject, t, ev, out);
             }
         }
@@ -203,7 +203,7 @@ impl Engine {
                         t,
                         fr.cooldown,
                     ) {
-                        let subject = Subject::outside(&e);
+                        let subject = Subject::outside(e);
                         alert(p, AlertType::RageClick, subject, t, ev, out);
                     }
                 } else {
@@ -211,7 +211,7 @@ impl Engine {
                         if p.open[idx].fire(AlertType::RageClick) {
                             let inst = &p.open[idx];
                             let def = &journeys[usize::from(inst.journey)];
-                            let subject = Subject::on(def, inst, Some(s), &e);
+                            let subject = Subject::on(def, inst, Some(s), e);
                             alert(p, AlertType::RageClick, subject, t, ev.clone(), out);
                         }
                     }
@@ -223,7 +223,7 @@ impl Engine {
         if let (Some(th), Action::Contact) = (fr.repeat_contact, e.action) {
             if let Some(ev) = friction::count_window(&mut p.extra().contacts, t, &e.event_id, th) {
                 p.extra().contacts.clear();
-                let subject = Subject::outside(&e);
+                let subject = Subject::outside(e);
                 alert(p, AlertType::RepeatContact, subject, t, ev, out);
             }
         }
@@ -266,7 +266,7 @@ impl Engine {
                     let def = &journeys[usize::from(inst.journey)];
                     if fire {
                         let step = rules.catalog.step_of(inst.journey, &e.touchpoint);
-                        let subject = Subject::on(def, inst, step, &e);
+                        let subject = Subject::on(def, inst, step, e);
                         alert(
                             p,
                             AlertType::NegativeFeedback,
@@ -303,7 +303,7 @@ impl Engine {
                         fr.cooldown,
                     ) =>
                 {
-                    let subject = Subject::outside(&e);
+                    let subject = Subject::outside(e);
                     alert(
                         p,
                         AlertType::NegativeFeedback,

@@ -260,18 +260,24 @@ impl Engine {
                     self.fire(timer, out);
                 }
                 (Some(t), _) => {
-                    let Some(Parked { slot, .. }) = self.pending.pop(w) else {
+                    let Some(Parked { slot, id, .. }) = self.pending.pop(w) else {
                         break;
                     };
-                    let Some(event) = self.parked[slot as usize].take() else {
+                    // The event is applied where it is parked (an event is a few hundred
+                    // bytes: moving it out cost more than the slot table's loan).
+                    let parked = std::mem::take(&mut self.parked);
+                    let Some(event) = &parked[slot as usize] else {
+                        self.parked = parked;
                         break;
                     };
-                    self.free_parked.push(slot);
                     if let Some(c) = &mut self.changes {
-                        c.applied(t, xxh3_64(event.event_id.as_bytes()));
+                        c.applied(t, id);
                     }
                     self.maybe_sweep(t);
                     self.apply(event, out);
+                    self.parked = parked;
+                    self.parked[slot as usize] = None;
+                    self.free_parked.push(slot);
                     if self.profile_count() > self.rules.max_profiles {
                         self.evict(t, out);
                     }
