@@ -8,8 +8,11 @@
 //! Run: `cargo bench --bench latency` with `CXSTREAM_BENCH_RATE` (events/s, default 20,000),
 //! `CXSTREAM_BENCH_EVENTS` (default 20 seconds' worth), `CXSTREAM_BENCH_LATENESS` (`engine.allowed_lateness`,
 //! default the config's 5s; e.g. `0s`), `CXSTREAM_BENCH_GUARANTEE` (`exactly_once`, the
-//! default, or `at_least_once`), `CXSTREAM_BENCH_COMMIT` (`engine.commit_interval`) and
-//! `CXSTREAM_BENCH_LINGER_MS` (the service producer's `linger.ms`).
+//! default, or `at_least_once`), `CXSTREAM_BENCH_COMMIT` (`engine.commit_interval`),
+//! `CXSTREAM_BENCH_LINGER_MS` (the service producer's `linger.ms`) and
+//! `CXSTREAM_BENCH_CHECKPOINT_STEP` (`service.checkpoint_step`; a huge value writes each
+//! `at_least_once` checkpoint at once) and `CXSTREAM_BENCH_CUSTOMERS` (default: one per 20
+//! events).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,6 +53,10 @@ fn main() {
     if let Ok(c) = std::env::var("CXSTREAM_BENCH_COMMIT") {
         config.engine.commit_interval = humantime::parse_duration(&c).expect("a duration");
     }
+    config.service.checkpoint_step = env_or(
+        "CXSTREAM_BENCH_CHECKPOINT_STEP",
+        config.service.checkpoint_step,
+    );
     // The mock cluster answers a fetch only after `fetch.wait.max.ms` (500 ms by default)
     // even when data is waiting, which a real broker does not: that alone put the median at
     // ~270 ms. A real broker's fetches return as soon as one message is there.
@@ -82,7 +89,7 @@ fn main() {
     let mut sim = Simulator::new(SimConfig {
         seed: 11,
         // About 20 events per customer over the run: sessions long enough for friction.
-        customers: (total / 20).max(50),
+        customers: env_or("CXSTREAM_BENCH_CUSTOMERS", (total / 20).max(50)),
         ..SimConfig::default()
     });
     let mut events: Vec<(Event, CompactString)> = (0..total)

@@ -123,6 +123,8 @@ async fn setup(broker: &Broker, n: &Names, partitions: i32) -> Config {
     // A small shard queue, so that the backpressure path (hold back, pause, seek, resume)
     // runs in every test.
     c.service.shard_queue = 64;
+    // Checkpoints written a few profiles at a time (with `at_least_once`), as large ones are.
+    c.service.checkpoint_step = 4;
     c.processing.guarantee = guarantee;
     let consumer = &mut c.kafka.consumer.0;
     consumer.insert("auto.commit.interval.ms".into(), "100".into());

@@ -929,6 +929,7 @@ type_weight = { bogus = 1.0 }
         assert_eq!(e.service.shutdown_timeout, d.service.shutdown_timeout);
         assert_eq!(e.service.max_in_flight, d.service.max_in_flight);
         assert_eq!(e.service.shard_queue, d.service.shard_queue);
+        assert_eq!(e.service.checkpoint_step, d.service.checkpoint_step);
         assert_eq!(e.http.listen, d.http.listen);
         assert_eq!(e.metrics.segments, d.metrics.segments);
         assert_eq!(e.engine.idle_advance, d.engine.idle_advance);

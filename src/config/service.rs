@@ -166,6 +166,10 @@ pub struct ServiceSection {
     /// the partition is paused). Large enough that a shard catching up on a backlog does not
     /// make its partition flap between paused and fetching (each resume refetches).
     pub shard_queue: usize,
+    /// Changed profiles an `at_least_once` checkpoint writes between two batches of input:
+    /// a checkpoint is written a little at a time, so that a large one does not hold the
+    /// shard's input up.
+    pub checkpoint_step: usize,
 }
 
 impl Default for ServiceSection {
@@ -174,6 +178,7 @@ impl Default for ServiceSection {
             shutdown_timeout: Duration::from_secs(30),
             max_in_flight: 10_000,
             shard_queue: 8_192,
+            checkpoint_step: 256,
         }
     }
 }
@@ -331,6 +336,12 @@ pub(super) fn validate(c: &super::Config, err: &mut dyn FnMut(String, String)) {
     }
     if s.shard_queue == 0 {
         err("service.shard_queue".into(), "must be at least 1".into());
+    }
+    if s.checkpoint_step == 0 {
+        err(
+            "service.checkpoint_step".into(),
+            "must be at least 1".into(),
+        );
     }
     if let Some(name) = &t.changelog {
         if !valid_topic(name) {

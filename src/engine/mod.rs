@@ -306,24 +306,33 @@ impl Engine {
 
     fn new_profile(&mut self, p: Profile) -> u32 {
         self.stats.profiles_created += 1;
-        let slot = match self.free.pop() {
+        match self.free.pop() {
             Some(s) => {
+                self.touch(s);
                 self.profiles[s as usize] = Some(p);
                 s
             }
             None => {
                 self.profiles.push(Some(p));
-                (self.profiles.len() - 1) as u32
+                let s = (self.profiles.len() - 1) as u32;
+                self.touch(s);
+                s
             }
-        };
-        self.touch(slot);
-        slot
+        }
     }
 
-    /// Notes that the profile in `slot` changed (or was removed) since the last checkpoint.
+    /// Notes that the profile in `slot` changes (or is removed). Call it *before* changing
+    /// the slot: a checkpoint under way that has yet to write it writes it now, as it was.
     fn touch(&mut self, slot: u32) {
         if let Some(c) = &mut self.changes {
-            c.touch(slot);
+            if c.touch(slot) {
+                c.write_early(snapshot::profile_record(
+                    &self.profiles,
+                    slot,
+                    &self.rules,
+                    &self.symbols,
+                ));
+            }
         }
     }
 
@@ -380,7 +389,10 @@ impl Engine {
             };
         }
         let primary = match primary {
-            Some(s) => s,
+            Some(s) => {
+                self.touch(s); // before it changes below
+                s
+            }
             None => self.new_profile(Profile::new(
                 IdentityRules::profile_id(e),
                 customer.is_some(),
@@ -427,11 +439,12 @@ impl Engine {
     }
 
     fn merge(&mut self, from: u32, into: u32, t: Millis) {
+        self.touch(from);
+        self.touch(into);
         let Some(other) = self.profiles[from as usize].take() else {
             return;
         };
         self.free.push(from);
-        self.touch(from);
         self.stats.identity_merges += 1;
         for &k in &other.keys {
             self.index.set(k, into);
@@ -569,6 +582,7 @@ impl Engine {
         idle.truncate(n);
         idle.sort_unstable();
         for (_, slot) in idle {
+            self.touch(slot);
             let Some(mut p) = self.profiles[slot as usize].take() else {
                 continue;
             };
@@ -589,7 +603,6 @@ impl Engine {
                 self.index.remove_if(k, slot);
             }
             self.free.push(slot);
-            self.touch(slot);
             self.stats.profiles_evicted += 1;
         }
         // Their timers find nothing when they fire (they check the instance id).
@@ -610,12 +623,12 @@ impl Engine {
         for slot in 0..self.profiles.len() {
             let expired = matches!(&self.profiles[slot], Some(p) if p.open.is_empty() && p.last_seen < cutoff);
             if expired {
+                self.touch(slot as u32);
                 let p = self.profiles[slot].take().expect("checked");
                 for k in p.keys {
                     self.index.remove_if(k, slot as u32);
                 }
                 self.free.push(slot as u32);
-                self.touch(slot as u32);
                 self.stats.profiles_expired += 1;
             }
         }

@@ -87,32 +87,74 @@ pub struct InputPosition {
 #[derive(Debug, Default)]
 pub(super) struct Changes {
     dirty: Vec<u32>,
-    marked: Vec<bool>,
+    /// Per slot: [`DIRTY`] (listed in `dirty`) and [`PENDING`] (still to be written by the
+    /// checkpoint under way).
+    marks: Vec<u8>,
     /// (event time, id hash) of events applied since the last checkpoint.
     applied: Vec<(Millis, u64)>,
     /// Live dedup batches: (sequence number, latest event time in it).
     batches: std::collections::VecDeque<(u64, Millis)>,
     next_batch: u64,
-    /// Checkpoints written (restored from the meta record).
+    /// Checkpoints begun (restored from the meta record).
     commits: u64,
     /// Records overwriting what an unfinished checkpoint found at restore wrote.
     stale: Vec<StateRecord>,
+    /// The checkpoint under way: the slots it may still have to write, and its meta record.
+    pending: Vec<u32>,
+    meta: Option<StateRecord>,
+    /// Records of the checkpoint under way written ahead of their turn: a pending profile's
+    /// state just before it first changed (copy on write).
+    early: Vec<StateRecord>,
 }
 
+/// Changed since the last checkpoint began.
+const DIRTY: u8 = 1;
+/// Changed before the checkpoint under way began, and not written by it yet.
+const PENDING: u8 = 2;
+
 impl Changes {
-    pub(super) fn touch(&mut self, slot: u32) {
+    /// Marks `slot` as changed; true if the checkpoint under way has yet to write its state
+    /// (the caller writes it now, before changing it, and this clears the mark).
+    pub(super) fn touch(&mut self, slot: u32) -> bool {
         let i = slot as usize;
-        if i >= self.marked.len() {
-            self.marked.resize(i + 1, false);
+        if i >= self.marks.len() {
+            self.marks.resize(i + 1, 0);
         }
-        if !self.marked[i] {
-            self.marked[i] = true;
+        let m = self.marks[i];
+        if m & DIRTY == 0 {
             self.dirty.push(slot);
         }
+        self.marks[i] = DIRTY;
+        m & PENDING != 0
     }
 
     pub(super) fn applied(&mut self, t: Millis, id: u64) {
         self.applied.push((t, id));
+    }
+
+    pub(super) fn write_early(&mut self, record: StateRecord) {
+        self.early.push(record);
+    }
+}
+
+/// The changelog record of the profile in `slot` as it is now (a tombstone for a free slot).
+pub(super) fn profile_record(
+    profiles: &[Option<Profile>],
+    slot: u32,
+    rules: &Rules,
+    symbols: &crate::identity::Symbols,
+) -> StateRecord {
+    let value = profiles
+        .get(slot as usize)
+        .and_then(|p| p.as_ref())
+        .map(|p| {
+            let mut buf = Vec::with_capacity(384);
+            wire::profile(&mut buf, p, rules, symbols);
+            buf
+        });
+    StateRecord {
+        key: StateKey::Profile(slot),
+        value,
     }
 }
 
@@ -265,7 +307,9 @@ impl Restore {
         engine.dedup.expire(engine.watermark);
         for (k, _) in &self.staged {
             match *k {
-                StateKey::Profile(s) if (s as usize) < slots => c.touch(s),
+                StateKey::Profile(s) if (s as usize) < slots => {
+                    c.touch(s);
+                }
                 // A live batch the unfinished checkpoint overwrote: written again as restored.
                 StateKey::Dedup(n) => {
                     let value = dedup
@@ -319,37 +363,41 @@ impl Engine {
         self.changes.as_ref().map_or(0, |c| c.commits) + 1
     }
 
-    /// Profile slots changed since the last checkpoint.
+    /// Profile slots changed since the last checkpoint began.
     pub fn changed_profiles(&self) -> usize {
         self.changes.as_ref().map_or(0, |c| c.dirty.len())
     }
 
     /// The records that bring the changelog up to date with this engine, meta record last.
     /// Call with the input position the state reflects. Starts tracking if it was off.
+    /// (All at once: [`Engine::begin_checkpoint`] spreads the work out.)
     pub fn checkpoint(&mut self, position: InputPosition) -> Vec<StateRecord> {
+        let mut out = self.begin_checkpoint(position);
+        self.checkpoint_step(usize::MAX, &mut out);
+        out
+    }
+
+    /// Begins a checkpoint of the state as it is now, to be written a little at a time by
+    /// [`Engine::checkpoint_step`] while events go on being applied. Returns the records that
+    /// are ready at once (the dedup window's). Call with the input position the state
+    /// reflects. A checkpoint still under way is finished first (its records come first).
+    ///
+    /// Profiles are written lazily: one that changes before its turn is written just before
+    /// it changes (copy on write), so every record is the state at this moment and the
+    /// checkpoint is as consistent as one written all at once.
+    pub fn begin_checkpoint(&mut self, position: InputPosition) -> Vec<StateRecord> {
         self.track_changes();
+        let mut out = Vec::new();
+        self.checkpoint_step(usize::MAX, &mut out);
         let mut c = self.changes.take().expect("tracking");
-        let mut out = Vec::with_capacity(c.dirty.len() + c.stale.len() + 3);
         out.append(&mut c.stale);
-        let mut scratch = Vec::with_capacity(1024);
-        for slot in c.dirty.drain(..) {
-            c.marked[slot as usize] = false;
-            let value = self
-                .profiles
-                .get(slot as usize)
-                .and_then(|p| p.as_ref())
-                .map(|p| {
-                    scratch.clear();
-                    wire::profile(&mut scratch, p, &self.rules, &self.symbols);
-                    scratch.as_slice().to_vec()
-                });
-            out.push(StateRecord {
-                key: StateKey::Profile(slot),
-                value,
-            });
+        for &slot in &c.dirty {
+            c.marks[slot as usize] = PENDING;
         }
-        // Batches of at most DEDUP_BATCH ids: a record stays far below Kafka's default 1 MB
-        // message limit however many events a commit interval holds.
+        std::mem::swap(&mut c.pending, &mut c.dirty);
+        c.pending.reverse(); // `checkpoint_step` pops: written in the order they changed
+                             // Batches of at most DEDUP_BATCH ids: a record stays far below Kafka's default 1 MB
+                             // message limit however many events a commit interval holds.
         for chunk in c.applied.chunks(DEDUP_BATCH) {
             let batch = pb::DedupBatch {
                 max_time: chunk.iter().map(|a| a.0).max().unwrap_or(Millis::MIN),
@@ -390,12 +438,56 @@ impl Engine {
             writer: position.writer,
         };
         c.commits += 1;
-        out.push(StateRecord {
+        c.meta = Some(StateRecord {
             key: StateKey::Meta,
             value: Some(meta.encode_to_vec()),
         });
         self.changes = Some(c);
         out
+    }
+
+    /// Whether a checkpoint begun by [`Engine::begin_checkpoint`] has records still to write.
+    pub fn checkpoint_under_way(&self) -> bool {
+        self.changes.as_ref().is_some_and(|c| c.meta.is_some())
+    }
+
+    /// Appends to `out` the profiles of the checkpoint under way that changed since the last
+    /// step (written as they were before), then up to `max` more of its profiles, and, once
+    /// every one is written, its meta record. Returns true when the checkpoint is finished (or
+    /// none was under way).
+    pub fn checkpoint_step(&mut self, max: usize, out: &mut Vec<StateRecord>) -> bool {
+        let Some(c) = &mut self.changes else {
+            return true;
+        };
+        out.append(&mut c.early);
+        let Some(meta) = c.meta.take() else {
+            return true;
+        };
+        let mut written = 0;
+        while written < max {
+            let Some(slot) = c.pending.pop() else {
+                break;
+            };
+            let mark = &mut c.marks[slot as usize];
+            if *mark & PENDING == 0 {
+                continue; // written early, when it changed
+            }
+            *mark &= !PENDING;
+            out.push(profile_record(
+                &self.profiles,
+                slot,
+                &self.rules,
+                &self.symbols,
+            ));
+            written += 1;
+        }
+        if c.pending.is_empty() {
+            out.push(meta);
+            true
+        } else {
+            c.meta = Some(meta);
+            false
+        }
     }
 
     /// Schedules the timers of a restored profile's open instances that are not yet due.

@@ -36,14 +36,24 @@ fn sorted(outs: &[Output]) -> Vec<String> {
 /// Plays `events` as the input partition, checkpointing every `every` offsets into a log, and
 /// "crashes" after the offsets in `crashes`: the engine is dropped, one is restored from the
 /// log, and input is read again from the restored position. Returns every output.
-fn run(events: &[Event], every: usize, crashes: &[usize], rules: &Rules) -> Vec<Output> {
+/// A checkpoint writes `step` profiles after each event until it is done (`usize::MAX`: all
+/// at once), as the service's `at_least_once` shards do.
+fn run(
+    events: &[Event],
+    every: usize,
+    step: usize,
+    crashes: &[usize],
+    rules: &Rules,
+) -> Vec<Output> {
     let mut engine = Engine::new(rules.clone());
     engine.track_changes();
     let mut ledger = Ledger::new();
     let mut log: Vec<StateRecord> = Vec::new();
     let mut out = Vec::new();
-    // Outputs since the last checkpoint are lost with a crash (they were never committed).
+    // Outputs since the last finished checkpoint are lost with a crash (never committed);
+    // those before the checkpoint under way are committed when it finishes.
     let mut committed = Vec::new();
+    let mut covered = Vec::new();
     let mut offset = 0usize;
     let mut crashes = crashes.to_vec();
     while offset < events.len() {
@@ -54,6 +64,9 @@ fn run(events: &[Event], every: usize, crashes: &[usize], rules: &Rules) -> Vec<
             _ => ledger.push(offset as i64, None),
         }
         offset += 1;
+        if engine.checkpoint_step(step, &mut log) {
+            committed.append(&mut covered);
+        }
         if offset % every == 0 {
             // As the service does: the oldest offset not yet applied.
             let position = InputPosition {
@@ -62,12 +75,17 @@ fn run(events: &[Event], every: usize, crashes: &[usize], rules: &Rules) -> Vec<
                 arrived_at: 0,
                 writer: 0,
             };
-            log.extend(engine.checkpoint(position));
-            committed.append(&mut out);
+            log.extend(engine.begin_checkpoint(position));
+            committed.append(&mut covered); // the previous checkpoint is finished now
+            covered.append(&mut out);
+            if engine.checkpoint_step(step, &mut log) {
+                committed.append(&mut covered);
+            }
         }
         if crashes.first() == Some(&offset) {
             crashes.remove(0);
             out.clear();
+            covered.clear();
             let (restored, report) = Restore::from_records(&log, rules.clone()).unwrap();
             let position = report.position.expect("a checkpoint was written");
             engine = restored;
@@ -76,6 +94,7 @@ fn run(events: &[Event], every: usize, crashes: &[usize], rules: &Rules) -> Vec<
         }
     }
     engine.drain(&mut out);
+    committed.append(&mut covered);
     committed.append(&mut out);
     committed
 }
@@ -99,11 +118,18 @@ fn a_restored_engine_continues_exactly_as_the_uninterrupted_one() {
             "the input has duplicates: {}",
             plain.stats().duplicates
         );
-        let expected = sorted(&run(&input, 50, &[], &rules));
+        let expected = sorted(&run(&input, 50, usize::MAX, &[], &rules));
         assert!(expected.len() > 100, "the input exercises the engine");
-        let got = sorted(&run(&input, 50, &[137, 900, 901, 2470, 3999], &rules));
+        let crashes = [137, 900, 901, 2470, 3999];
+        let got = sorted(&run(&input, 50, usize::MAX, &crashes, &rules));
         assert_eq!(got.len(), expected.len(), "seed {seed}");
         assert_eq!(got, expected, "seed {seed}");
+        // Checkpoints written a profile at a time, with crashes while they are under way.
+        let lazy = sorted(&run(&input, 50, 1, &[], &rules));
+        assert_eq!(lazy, expected, "seed {seed}, lazily");
+        let crashes = [137, 903, 904, 2470, 3999];
+        let got = sorted(&run(&input, 50, 1, &crashes, &rules));
+        assert_eq!(got, expected, "seed {seed}, lazily, crashing");
     }
 }
 
@@ -175,6 +201,85 @@ fn an_unfinished_checkpoint_is_ignored_and_overwritten() {
     c.drain(&mut out_c);
     assert!(!out_b.is_empty());
     assert_eq!(sorted(&out_b), sorted(&out_c));
+}
+
+/// A checkpoint written a profile at a time while events go on being applied holds the
+/// very records of one written all at once when it began: profiles that change before their
+/// turn are written as they were (copy on write). Evictions and sweeps free slots meanwhile.
+#[test]
+fn a_checkpoint_written_while_events_go_on_is_the_one_written_when_it_began() {
+    let mut rules = rules();
+    rules.max_profiles = 25;
+    rules.profile_ttl = 60_000;
+    for seed in [1, 2, 3] {
+        let input = events(seed, 6000);
+        let mut lazy = Engine::new(rules.clone());
+        let mut eager = Engine::new(rules.clone());
+        lazy.track_changes();
+        eager.track_changes();
+        let (mut out_lazy, mut out_eager) = (Vec::new(), Vec::new());
+        let mut expected: Option<Vec<StateRecord>> = None;
+        let mut got = Vec::new();
+        let (mut finished, mut changed_meanwhile) = (0, 0);
+        for (offset, e) in input.iter().enumerate() {
+            lazy.ingest(e.clone(), &mut out_lazy);
+            eager.ingest(e.clone(), &mut out_eager);
+            // Slowly (a profile every fifth event), so that sweeps and evictions fall inside.
+            let step = usize::from(offset % 5 == 0);
+            if lazy.checkpoint_step(step, &mut got) {
+                if let Some(want) = expected.take() {
+                    let as_map = |r: &[StateRecord]| {
+                        let m: std::collections::BTreeMap<StateKey, Option<Vec<u8>>> =
+                            r.iter().map(|r| (r.key, r.value.clone())).collect();
+                        assert_eq!(m.len(), r.len(), "a key written twice");
+                        m
+                    };
+                    assert_eq!(as_map(&got), as_map(&want), "seed {seed} at {offset}");
+                    assert_eq!(got.last().map(|r| r.key), Some(StateKey::Meta));
+                    // How many of them the events since changed (so were written early).
+                    changed_meanwhile += want
+                        .iter()
+                        .filter(|r| match r.key {
+                            StateKey::Profile(slot) => {
+                                let now = profile_record(
+                                    &eager.profiles,
+                                    slot,
+                                    &eager.rules,
+                                    &eager.symbols,
+                                );
+                                now.value != r.value
+                            }
+                            _ => false,
+                        })
+                        .count();
+                    finished += 1;
+                    got.clear();
+                }
+            }
+            if offset % 200 == 199 && !lazy.checkpoint_under_way() {
+                let position = InputPosition {
+                    resume_at: offset as i64,
+                    ..InputPosition::default()
+                };
+                expected = Some(eager.checkpoint(position));
+                got = lazy.begin_checkpoint(position);
+            }
+        }
+        assert_eq!(sorted(&out_lazy), sorted(&out_eager));
+        assert!(
+            finished > 20,
+            "seed {seed}: {finished} checkpoints compared"
+        );
+        assert!(
+            changed_meanwhile > 50,
+            "seed {seed}: {changed_meanwhile} profiles changed while their checkpoint was under way"
+        );
+        let (evicted, expired) = (lazy.stats().profiles_evicted, lazy.stats().profiles_expired);
+        assert!(
+            evicted > 0 && expired > 0,
+            "seed {seed}: {evicted} evicted, {expired} expired"
+        );
+    }
 }
 
 #[test]
