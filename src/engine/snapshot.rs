@@ -9,6 +9,13 @@
 //! records of complete checkpoints only: whatever follows the last meta record of a partition
 //! is a checkpoint that never finished, and is ignored (and overwritten by the next one).
 //!
+//! A checkpoint can be written a little at a time while events go on being applied
+//! ([`Engine::begin_checkpoint`], [`Engine::checkpoint_step`]): it notes which profiles
+//! changed and writes them in steps, and a profile about to change before its turn is written
+//! first, as it was (copy on write). Every change goes through `Engine::touch` *before* it is
+//! made, which is what makes this work; the records are then the state at the instant the
+//! checkpoint began, as if written at once.
+//!
 //! What is *not* stored, because it can be rebuilt: the identity index (from each profile's
 //! keys), the timers (from each open instance: drop-off at last activity + `abandon_after`,
 //! slow step at first entry + SLA, for those not yet due), interned labels, and the reorder
