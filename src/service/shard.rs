@@ -280,8 +280,9 @@ impl Shard {
                     Some(m) => self.take(m, &mut rx),
                     None => break None,
                 },
-                // Nothing else to do: the checkpoint under way goes on.
-                () = std::future::ready(()), if self.writing_checkpoint() => {
+                // Nothing else to do: the checkpoint under way goes on, a step per turn (the
+                // yield lets the other shards on this worker thread run in between).
+                () = tokio::task::yield_now(), if self.writing_checkpoint() => {
                     self.write_checkpoint(self.env.config.service.checkpoint_step);
                 }
             }
