@@ -606,8 +606,10 @@ impl Shard {
         }
     }
 
-    /// Starts an `at_least_once` commit: sends the changelog records of a checkpoint and
-    /// closes the epoch; [`Shard::advance_commit`] finishes it as acknowledgements come in.
+    /// Starts an `at_least_once` commit: begins a checkpoint and sends what is ready of it
+    /// (the dedup window's records, the first profiles); [`Shard::write_checkpoint`] sends
+    /// the rest between batches of input and closes the epoch, and [`Shard::advance_commit`]
+    /// finishes the commit as acknowledgements come in.
     fn begin_commit(&mut self) {
         let Some(next) = self.next_offset else {
             return; // nothing read, nothing restored: nothing to commit
