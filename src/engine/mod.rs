@@ -326,12 +326,7 @@ impl Engine {
     fn touch(&mut self, slot: u32) {
         if let Some(c) = &mut self.changes {
             if c.touch(slot) {
-                c.write_early(snapshot::profile_record(
-                    &self.profiles,
-                    slot,
-                    &self.rules,
-                    &self.symbols,
-                ));
+                c.write_early(&self.profiles, slot, &self.rules, &self.symbols);
             }
         }
     }

@@ -112,6 +112,8 @@ pub(super) struct Changes {
     /// Records of the checkpoint under way written ahead of their turn: a pending profile's
     /// state just before it first changed (copy on write).
     early: Vec<StateRecord>,
+    /// Where a profile record is encoded before it is copied out at its exact size.
+    scratch: Vec<u8>,
 }
 
 /// Changed since the last checkpoint began.
@@ -139,7 +141,15 @@ impl Changes {
         self.applied.push((t, id));
     }
 
-    pub(super) fn write_early(&mut self, record: StateRecord) {
+    /// Writes the state of `slot` now, ahead of its turn in the checkpoint under way.
+    pub(super) fn write_early(
+        &mut self,
+        profiles: &[Option<Profile>],
+        slot: u32,
+        rules: &Rules,
+        symbols: &crate::identity::Symbols,
+    ) {
+        let record = profile_record(profiles, slot, rules, symbols, &mut self.scratch);
         self.early.push(record);
     }
 }
@@ -150,14 +160,15 @@ pub(super) fn profile_record(
     slot: u32,
     rules: &Rules,
     symbols: &crate::identity::Symbols,
+    scratch: &mut Vec<u8>,
 ) -> StateRecord {
     let value = profiles
         .get(slot as usize)
         .and_then(|p| p.as_ref())
         .map(|p| {
-            let mut buf = Vec::with_capacity(384);
-            wire::profile(&mut buf, p, rules, symbols);
-            buf
+            scratch.clear();
+            wire::profile(scratch, p, rules, symbols);
+            scratch.as_slice().to_vec()
         });
     StateRecord {
         key: StateKey::Profile(slot),
@@ -485,6 +496,7 @@ impl Engine {
                 slot,
                 &self.rules,
                 &self.symbols,
+                &mut c.scratch,
             ));
             written += 1;
         }

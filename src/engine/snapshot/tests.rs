@@ -246,6 +246,7 @@ fn a_checkpoint_written_while_events_go_on_is_the_one_written_when_it_began() {
                                     slot,
                                     &eager.rules,
                                     &eager.symbols,
+                                    &mut Vec::new(),
                                 );
                                 now.value != r.value
                             }
