@@ -397,7 +397,8 @@ impl Engine {
 
     /// Begins a checkpoint of the state as it is now, to be written a little at a time by
     /// [`Engine::checkpoint_step`] while events go on being applied. Returns the records that
-    /// are ready at once (the dedup window's). Call with the input position the state
+    /// are ready at once (the dedup window's, and those overwriting what an unfinished
+    /// checkpoint found at restore wrote). Call with the input position the state
     /// reflects. A checkpoint still under way is finished first (its records come first).
     ///
     /// Profiles are written lazily: one that changes before its turn is written just before
