@@ -74,9 +74,9 @@ pub struct EngineSection {
     /// A survey answer with no open journey attaches to a journey closed at most this long ago.
     #[serde(with = "humantime_serde")]
     pub survey_attribution: Duration,
-    /// Most profiles one shard (partition) holds. Beyond it the longest-idle profiles are
-    /// evicted, their open journeys closed as `expired`: memory stays bounded whatever the
-    /// traffic.
+    /// Most profiles one shard (partition) holds. Beyond it a long-idle profile (the longest
+    /// idle of a sample) is evicted for each new one, its open journeys closed as `expired`:
+    /// memory stays bounded whatever the traffic.
     pub max_profiles: usize,
     /// Kafka service: when a partition has had no event for this long (wall clock), its
     /// watermark moves on with the wall clock, so drop-offs still fire when traffic stops.

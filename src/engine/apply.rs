@@ -11,7 +11,8 @@ use crate::journey::Instance;
 use crate::profile::Profile;
 
 impl Engine {
-    pub(super) fn apply(&mut self, e: &Event, out: &mut Vec<Output>) {
+    /// Applies one event; returns the slot of the profile it went to.
+    pub(super) fn apply(&mut self, e: &Event, out: &mut Vec<Output>) -> u32 {
         let t = e.occurred_at;
         let slot = self.resolve(e, t);
         self.touch(slot);
@@ -335,5 +336,6 @@ impl Engine {
             }
         }
         self.touched = touched;
+        slot
     }
 }

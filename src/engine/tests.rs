@@ -691,3 +691,29 @@ fn at_max_profiles_the_longest_idle_profile_is_evicted_and_its_journey_expires()
     r2.feed([web("b1", 0.0, "b", "cart.view")]);
     assert_eq!(r2.engine.stats().profiles_evicted, 0);
 }
+
+#[test]
+fn in_a_large_shard_eviction_samples_and_takes_the_longest_idle_of_the_sample() {
+    // Above EVICTION_SAMPLE profiles the choice is from a sample (no pass over the shard):
+    // 1,500 customers arrive one after another into a shard capped at 1,000; exact LRU would
+    // evict c0..c499. Every profile evicted must still be among the oldest: none of the
+    // newest quarter of the first thousand, and never one that arrived after the cap was hit.
+    let config = CONFIG.replace("[engine]\n", "[engine]\nmax_profiles = 1000\n");
+    let mut r = Run::new(&config);
+    r.feed((0..1500).map(|i| {
+        let who = format!("c{i}");
+        web(&format!("e{i}"), f64::from(i) * 0.01, &who, "cart.view")
+    }));
+    r.engine.flush(&mut r.out);
+    assert_eq!(r.engine.profile_count(), 1000);
+    assert_eq!(r.engine.stats().profiles_evicted, 500);
+    let evicted: Vec<u32> = r
+        .journeys()
+        .iter()
+        .filter(|j| j.outcome == JourneyOutcome::Expired)
+        .map(|j| j.profile_id[1..].parse().expect("c<n>"))
+        .collect();
+    assert_eq!(evicted.len(), 500);
+    let newest = evicted.iter().max().expect("evictions");
+    assert!(*newest < 750, "evicted c{newest}: {evicted:?}");
+}
