@@ -10,7 +10,7 @@
 //! million identifiers alive at once) for 8 bytes per identifier.
 
 use compact_str::CompactString;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashTable};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::event::Event;
@@ -124,23 +124,50 @@ impl IdentityRules {
     }
 }
 
-/// Key to profile slot.
+/// Key to profile slot. Keys are already hashes, so they index the table as they are (no
+/// second hash per probe), and an entry is 12 bytes, not the 16 a `(u64, u32)` pair pads to.
 #[derive(Debug, Clone, Default)]
 pub struct IdentityIndex {
-    map: HashMap<u64, u32>,
+    map: HashTable<IndexEntry>,
+}
+
+/// A key (split in halves, so that the entry aligns to 4 bytes) and its profile slot.
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    key: [u32; 2],
+    slot: u32,
+}
+
+impl IndexEntry {
+    fn new(key: u64, slot: u32) -> IndexEntry {
+        IndexEntry {
+            key: [key as u32, (key >> 32) as u32],
+            slot,
+        }
+    }
+    fn key(&self) -> u64 {
+        u64::from(self.key[0]) | (u64::from(self.key[1]) << 32)
+    }
 }
 
 impl IdentityIndex {
     pub fn get(&self, key: u64) -> Option<u32> {
-        self.map.get(&key).copied()
+        self.map.find(key, |e| e.key() == key).map(|e| e.slot)
     }
     pub fn set(&mut self, key: u64, slot: u32) {
-        self.map.insert(key, slot);
+        match self.map.entry(key, |e| e.key() == key, IndexEntry::key) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().slot = slot,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(IndexEntry::new(key, slot));
+            }
+        }
     }
     /// Removes `key` if it still points to `slot`.
     pub fn remove_if(&mut self, key: u64, slot: u32) {
-        if self.map.get(&key) == Some(&slot) {
-            self.map.remove(&key);
+        if let Ok(e) = self.map.find_entry(key, |e| e.key() == key) {
+            if e.get().slot == slot {
+                e.remove();
+            }
         }
     }
     pub fn len(&self) -> usize {
