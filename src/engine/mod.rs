@@ -280,9 +280,9 @@ impl Engine {
                     self.parked = parked;
                     self.parked[slot as usize] = None;
                     self.free_parked.push(slot);
-                    while self.profile_count() > self.rules.max_profiles {
-                        self.evict(t, current, out);
-                    }
+                    while self.profile_count() > self.rules.max_profiles
+                        && self.evict(t, current, out)
+                    {}
                 }
                 _ => break,
             }
@@ -565,13 +565,14 @@ impl Engine {
     /// its open journeys as `expired` at `now`. It is the longest idle (ties by slot) of
     /// [`EVICTION_SAMPLE`] profiles sampled at evenly spread slots from an offset hashed from
     /// `now` and the table's size, so the choice is deterministic; in a smaller table, of all
-    /// of them. `current` (the profile of the event just applied) is never chosen.
+    /// of them. `current` (the profile of the event just applied) is never chosen. False if
+    /// there was nothing else to evict.
     ///
     /// Sampling approximates "least recently seen" (the one chosen is among the longest-idle
     /// ~1.5% on average) at a bounded cost per eviction. The exact choice needed a pass over
     /// every profile: batched to once per 1% of the cap, that was a ~100 ms pause of the shard
     /// at a million profiles, every 10,000 new ones.
-    fn evict(&mut self, now: Millis, current: u32, out: &mut Vec<Output>) {
+    fn evict(&mut self, now: Millis, current: u32, out: &mut Vec<Output>) -> bool {
         let len = self.profiles.len();
         let idle = |profiles: &[Option<Profile>], s: usize| {
             profiles[s]
@@ -592,7 +593,7 @@ impl Engine {
         let Some((_, slot)) =
             sampled.or_else(|| (0..len).filter_map(|s| idle(&self.profiles, s)).min())
         else {
-            return;
+            return false;
         };
         self.touch(slot);
         let mut p = self.profiles[slot as usize]
@@ -617,6 +618,7 @@ impl Engine {
         self.free.push(slot);
         self.stats.profiles_evicted += 1;
         // Its timers find nothing when they fire (they check the instance id).
+        true
     }
 
     /// Forgets profiles idle for `profile_ttl` with nothing open. Runs at item times (not at
