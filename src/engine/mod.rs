@@ -23,8 +23,10 @@ use crate::identity::{IdentityIndex, IdentityRules, Key, KeyKind, Symbols};
 use crate::journey::{Activity, Catalog};
 use crate::profile::Profile;
 
-/// How often (in event time) idle profiles are swept out.
+/// How often (in event time) a sweep for idle profiles starts.
 const SWEEP_EVERY: Millis = 3_600_000;
+/// Profile slots the sweep looks at per applied item (see [`Engine::maybe_sweep`]).
+const SWEEP_STEP: usize = 32;
 /// Profiles compared per eviction at `max_profiles` (see [`Engine::evict`]).
 const EVICTION_SAMPLE: usize = 64;
 
@@ -135,6 +137,8 @@ pub struct Engine {
     index: IdentityIndex,
     symbols: Symbols,
     next_sweep: Millis,
+    /// The next slot of the idle-profile sweep under way, if one is.
+    sweep_slot: Option<u32>,
     stats: EngineStats,
     /// Reused buffers (no allocation per event).
     keys: Vec<Key>,
@@ -161,6 +165,7 @@ impl Engine {
             index: IdentityIndex::default(),
             symbols: Symbols::default(),
             next_sweep: Millis::MIN,
+            sweep_slot: None,
             keys: Vec::new(),
             slots: Vec::new(),
             touched: Vec::new(),
@@ -621,19 +626,27 @@ impl Engine {
         true
     }
 
-    /// Forgets profiles idle for `profile_ttl` with nothing open. Runs at item times (not at
-    /// watermark moves), so it happens at the same points whatever the arrival order.
+    /// Forgets profiles idle for `profile_ttl` with nothing open. Every hour of event time a
+    /// sweep starts; it looks at [`SWEEP_STEP`] slots per applied item until it has seen them
+    /// all, so it never holds the shard up (one pass over a million profiles took ~9 ms). It
+    /// runs at item times (not at watermark moves), so it happens at the same points whatever
+    /// the arrival order.
     fn maybe_sweep(&mut self, now: Millis) {
         if self.next_sweep == Millis::MIN {
             self.next_sweep = now.saturating_add(SWEEP_EVERY);
             return;
         }
-        if now < self.next_sweep {
-            return;
+        if now >= self.next_sweep {
+            self.next_sweep = now.saturating_add(SWEEP_EVERY);
+            // A sweep still under way (few items per hour) goes on where it is.
+            self.sweep_slot.get_or_insert(0);
         }
-        self.next_sweep = now.saturating_add(SWEEP_EVERY);
+        let Some(from) = self.sweep_slot else {
+            return;
+        };
         let cutoff = now.saturating_sub(self.rules.profile_ttl);
-        for slot in 0..self.profiles.len() {
+        let end = (from as usize + SWEEP_STEP).min(self.profiles.len());
+        for slot in from as usize..end {
             let expired = matches!(&self.profiles[slot], Some(p) if p.open.is_empty() && p.last_seen < cutoff);
             if expired {
                 self.touch(slot as u32);
@@ -645,6 +658,7 @@ impl Engine {
                 self.stats.profiles_expired += 1;
             }
         }
+        self.sweep_slot = (end < self.profiles.len()).then_some(end as u32);
     }
 }
 

@@ -282,6 +282,7 @@ impl Restore {
         engine.watermark = meta.watermark;
         engine.max_seen = meta.max_seen;
         engine.next_sweep = meta.next_sweep;
+        engine.sweep_slot = meta.sweep_slot.checked_sub(1);
         let catalog = engine.rules.catalog.clone();
         let journeys: HashMap<&str, u16> = catalog
             .journeys
@@ -448,6 +449,7 @@ impl Engine {
             watermark: self.watermark,
             max_seen: self.max_seen,
             next_sweep: self.next_sweep,
+            sweep_slot: self.sweep_slot.map_or(0, |s| s + 1),
             slots: self.profiles.len() as u32,
             input_offset: position.resume_at,
             replay_until: position.replay_until,

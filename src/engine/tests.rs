@@ -612,6 +612,23 @@ fn idle_profiles_are_forgotten_after_their_ttl() {
 }
 
 #[test]
+fn the_idle_sweep_looks_at_a_few_slots_per_event_not_all_at_once() {
+    let config = format!("{CONFIG}\n[engine]\nprofile_ttl = \"7d\"\n")
+        .replace("[engine]\nallowed_lateness = \"5s\"\n", "");
+    let mut r = Run::new(&config);
+    r.feed((0..100).map(|i| web(&format!("e{i}"), f64::from(i), &format!("c{i}"), "home")));
+    // Eight days later: a sweep starts, one SWEEP_STEP of slots per applied event.
+    let later = 8.0 * 86_400.0;
+    r.feed([web("x0", later, "x", "home")]);
+    r.engine.flush(&mut r.out);
+    assert_eq!(r.engine.stats().profiles_expired, SWEEP_STEP as u64);
+    r.feed((1..4).map(|i| web(&format!("x{i}"), later + f64::from(i), "x", "home")));
+    r.engine.flush(&mut r.out);
+    assert_eq!(r.engine.stats().profiles_expired, 100);
+    assert_eq!(r.engine.profile_count(), 1);
+}
+
+#[test]
 fn out_of_order_within_lateness_gives_the_same_outputs() {
     let mut evs: Vec<Event> = checkout("a", 0.0, 4)
         .into_iter()

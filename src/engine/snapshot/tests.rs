@@ -485,3 +485,43 @@ fn profile_records_are_the_bytes_prost_writes() {
     }
     assert!(present.iter().all(|&n| n > 0), "{present:?}");
 }
+
+#[test]
+fn a_restored_engine_goes_on_with_the_idle_sweep_under_way() {
+    use crate::engine::tests::ev;
+    use crate::engine::SWEEP_STEP;
+    use crate::event::{Action, Channel};
+    let rules = rules();
+    let home =
+        |id: String, secs: f64, who: &str| ev(&id, secs, who, Channel::Web, "home", Action::View);
+    let mut a = Engine::new(rules.clone());
+    let mut out = Vec::new();
+    for i in 0..100 {
+        a.ingest(
+            home(format!("e{i}"), f64::from(i), &format!("c{i}")),
+            &mut out,
+        );
+    }
+    // Eight days later (past `profile_ttl`): a sweep starts and has seen SWEEP_STEP slots.
+    let later = 8.0 * 86_400.0;
+    a.ingest(home("x0".into(), later, "x"), &mut out);
+    a.flush(&mut out);
+    assert_eq!(a.profile_count(), 100 - SWEEP_STEP + 1);
+    let log = a.checkpoint(InputPosition {
+        resume_at: 101,
+        replay_until: 101,
+        arrived_at: 0,
+        writer: 0,
+    });
+    let (mut b, _) = Restore::from_records(&log, rules).unwrap();
+    for engine in [&mut a, &mut b] {
+        engine.ingest(home("x1".into(), later + 1.0, "x"), &mut out);
+        engine.flush(&mut out);
+    }
+    assert_eq!(a.profile_count(), 100 - 2 * SWEEP_STEP + 1);
+    assert_eq!(
+        b.profile_count(),
+        a.profile_count(),
+        "the sweep went on after the restore"
+    );
+}
