@@ -600,10 +600,7 @@ impl Engine {
         else {
             return false;
         };
-        self.touch(slot);
-        let mut p = self.profiles[slot as usize]
-            .take()
-            .expect("sampled a profile");
+        let mut p = self.forget(slot);
         for idx in (0..p.open.len()).rev() {
             let def = &self.rules.catalog.journeys[usize::from(p.open[idx].journey)];
             close(
@@ -617,13 +614,21 @@ impl Engine {
                 out,
             );
         }
-        for k in p.keys {
-            self.index.remove_if(k, slot);
-        }
-        self.free.push(slot);
         self.stats.profiles_evicted += 1;
         // Its timers find nothing when they fire (they check the instance id).
         true
+    }
+
+    /// Takes the profile out of `slot` (which must hold one), unlinks its identifiers and
+    /// frees the slot.
+    fn forget(&mut self, slot: u32) -> Profile {
+        self.touch(slot);
+        let p = self.profiles[slot as usize].take().expect("slot in use");
+        for &k in &p.keys {
+            self.index.remove_if(k, slot);
+        }
+        self.free.push(slot);
+        p
     }
 
     /// Forgets profiles idle for `profile_ttl` with nothing open. Every hour of event time a
@@ -649,12 +654,7 @@ impl Engine {
         for slot in from as usize..end {
             let expired = matches!(&self.profiles[slot], Some(p) if p.open.is_empty() && p.last_seen < cutoff);
             if expired {
-                self.touch(slot as u32);
-                let p = self.profiles[slot].take().expect("checked");
-                for k in p.keys {
-                    self.index.remove_if(k, slot as u32);
-                }
-                self.free.push(slot as u32);
+                self.forget(slot as u32);
                 self.stats.profiles_expired += 1;
             }
         }

@@ -415,9 +415,10 @@ impl Engine {
             c.marks[slot as usize] = PENDING;
         }
         std::mem::swap(&mut c.pending, &mut c.dirty);
-        c.pending.reverse(); // `checkpoint_step` pops: written in the order they changed
-                             // Batches of at most DEDUP_BATCH ids: a record stays far below Kafka's default 1 MB
-                             // message limit however many events a commit interval holds.
+        // `checkpoint_step` pops: written in the order they changed.
+        c.pending.reverse();
+        // Batches of at most DEDUP_BATCH ids: a record stays far below Kafka's default 1 MB
+        // message limit however many events a commit interval holds.
         for chunk in c.applied.chunks(DEDUP_BATCH) {
             let batch = pb::DedupBatch {
                 max_time: chunk.iter().map(|a| a.0).max().unwrap_or(Millis::MIN),
