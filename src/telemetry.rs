@@ -23,6 +23,17 @@ pub fn partition_revoked(topic: &str, partition: i32, commit: Option<i64>) {
     info!(%topic, partition, ?commit, "partition revoked: shard committed and dropped");
 }
 
+pub fn assigned_while_stopping(partitions: usize) {
+    info!(
+        partitions,
+        "partitions assigned while stopping: taken without a shard, handed back on leaving"
+    );
+}
+
+pub fn consumer_close_timed_out() {
+    warn!("the consumer did not close within the shutdown timeout (everything was committed): the group notices the departure at its session timeout");
+}
+
 pub fn shard_died(topic: &str, partition: i32) {
     error!(%topic, partition, "shard task ended unexpectedly: stopping the service (its input stays uncommitted)");
 }

@@ -628,7 +628,8 @@ fn halves(parts: &[Vec<Event>]) -> (Vec<Vec<Event>>, Vec<Vec<Event>>) {
     )
 }
 
-/// The real binary, configured by a file plus an environment override for the brokers.
+/// The real binary, configured by a file plus an environment override for the brokers. Its
+/// log level is `warn` (`CXSTREAM_TEST_CHILD_LOG` sets another, e.g. `info`).
 struct Binary {
     dir: std::path::PathBuf,
     file: std::path::PathBuf,
@@ -673,7 +674,10 @@ impl Binary {
                 .env("CXSTREAM__KAFKA__BROKERS", &self.brokers)
                 // Frequent commits: many commit boundaries for the interruptions to fall between.
                 .env("CXSTREAM__ENGINE__COMMIT_INTERVAL", "100ms")
-                .env("RUST_LOG", "warn")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("CXSTREAM_TEST_CHILD_LOG").unwrap_or("warn".into()),
+                )
                 .stdout(Stdio::null())
                 .spawn()
                 .unwrap(),

@@ -58,6 +58,8 @@ pub(crate) struct Ctx {
     stop_timeout: Duration,
     shards: Mutex<Shards>,
     status: watch::Sender<Status>,
+    /// Set when the service is told to stop (the poll loop ends at its next turn).
+    stop: Arc<AtomicBool>,
 }
 
 impl Ctx {
@@ -67,6 +69,7 @@ impl Ctx {
         shard_queue: usize,
         stop_timeout: Duration,
         status: watch::Sender<Status>,
+        stop: Arc<AtomicBool>,
     ) -> Ctx {
         Ctx {
             runtime,
@@ -75,7 +78,12 @@ impl Ctx {
             stop_timeout,
             shards: Mutex::new(HashMap::new()),
             status,
+            stop,
         }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
     }
 
     fn shards(&self) -> std::sync::MutexGuard<'_, Shards> {
@@ -399,6 +407,21 @@ impl ConsumerContext for Ctx {
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         match err {
+            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if self.stopping() => {
+                // The group handed out partitions while this instance is leaving it: they
+                // are taken (a rebalance must be answered) but get no shard and no restore.
+                // Their messages are dropped uncommitted; leaving the group hands them back.
+                telemetry::rebalance("assign");
+                telemetry::assigned_while_stopping(parts.len());
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = assigned {
+                    telemetry::consumer_error(&e);
+                }
+            }
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 telemetry::rebalance("assign");
                 self.store_progress(consumer);
@@ -465,13 +488,19 @@ impl ConsumerContext for Ctx {
     }
 }
 
-/// The poll loop. Returns when `stop` is set, after every shard has been stopped and its
-/// offset committed.
-pub(crate) fn consume(consumer: BaseConsumer<Ctx>, topics: &[String], stop: &AtomicBool) -> bool {
+/// The poll loop. Once the service is told to stop (or cannot go on), stops every shard,
+/// commits their offsets, says on `committed` whether all of that went cleanly, then leaves
+/// the group and closes the consumer.
+pub(crate) fn consume(
+    consumer: BaseConsumer<Ctx>,
+    topics: &[String],
+    committed: oneshot::Sender<bool>,
+) {
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&names) {
         telemetry::consumer_error(&e);
-        return false;
+        let _ = committed.send(false);
+        return;
     }
     let ctx = consumer.context();
     // Topic names as shared strings: no allocation per message to find its shard.
@@ -479,7 +508,7 @@ pub(crate) fn consume(consumer: BaseConsumer<Ctx>, topics: &[String], stop: &Ato
     let mut last_store = Instant::now();
     let mut stashed = false;
     let mut last_error: Option<Instant> = None;
-    while !stop.load(Ordering::Acquire) && !ctx.failed() {
+    while !ctx.stopping() && !ctx.failed() {
         if stashed {
             stashed = ctx.unstash(&consumer);
         }
@@ -518,8 +547,8 @@ pub(crate) fn consume(consumer: BaseConsumer<Ctx>, topics: &[String], stop: &Ato
     }
     ctx.store_progress(&consumer);
     let clean = ctx.stop_shards(&consumer, None) && !ctx.failed();
+    let _ = committed.send(clean);
     consumer.unsubscribe();
     // Dropping the consumer closes it: it leaves the group.
     drop(consumer);
-    clean
 }

@@ -89,7 +89,10 @@ pub struct Service {
     http_addr: std::net::SocketAddr,
     http_stop: Option<oneshot::Sender<()>>,
     upkeep: tokio::task::JoinHandle<()>,
+    /// The consumer thread's word that every shard stopped and committed (`true`: cleanly).
     done: oneshot::Receiver<bool>,
+    /// Ends once the consumer has closed (left the group).
+    closed: oneshot::Receiver<()>,
     producer: FutureProducer,
     status: watch::Receiver<Status>,
     shutdown_timeout: Duration,
@@ -141,25 +144,26 @@ impl Service {
         telemetry::http_listening(http_addr);
         // Shards get most of the shutdown budget; the rest is for the final commit and flush.
         let stop_timeout = config.service.shutdown_timeout.mul_f64(0.8);
+        let stop = Arc::new(AtomicBool::new(false));
         let ctx = consumer::Ctx::new(
             tokio::runtime::Handle::current(),
             env,
             config.service.shard_queue,
             stop_timeout,
             status_tx,
+            stop.clone(),
         );
         let consumer: BaseConsumer<consumer::Ctx> = consumer_config(config)
             .create_with_context(ctx)
             .context("cannot create the Kafka consumer")?;
-        let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = oneshot::channel();
+        let (closed_tx, closed) = oneshot::channel();
         let topics = config.topics.input.clone();
-        let flag = stop.clone();
         std::thread::Builder::new()
             .name("cx-consumer".into())
             .spawn(move || {
-                let clean = consumer::consume(consumer, &topics, &flag);
-                let _ = done_tx.send(clean);
+                consumer::consume(consumer, &topics, done_tx);
+                let _ = closed_tx.send(());
             })
             .context("cannot start the consumer thread")?;
         Ok(Service {
@@ -168,6 +172,7 @@ impl Service {
             http_stop: Some(http_stop),
             upkeep,
             done,
+            closed,
             producer,
             status,
             shutdown_timeout: config.service.shutdown_timeout,
@@ -209,6 +214,14 @@ impl Service {
     }
 
     async fn finish(mut self, started: Instant, clean: bool) -> RunReport {
+        // Everything is committed by now; closing the consumer only leaves the group. It is
+        // awaited within the budget but not beyond: librdkafka can hang in a rebalance
+        // callback during close (confluentinc/librdkafka#4884), and the group then notices
+        // the departure at the session timeout instead.
+        let left = self.shutdown_timeout.saturating_sub(started.elapsed());
+        if tokio::time::timeout(left, &mut self.closed).await.is_err() {
+            telemetry::consumer_close_timed_out();
+        }
         let left = self.shutdown_timeout.saturating_sub(started.elapsed());
         let producer = self.producer;
         let flushed = tokio::task::spawn_blocking(move || producer.flush(left).is_ok())

@@ -278,7 +278,11 @@ impl Shard {
                 Some(d) = self.deliveries.next(), if !self.deliveries.is_empty() => self.delivered(d),
                 msg = rx.recv(), if self.deliveries.len() < self.env.config.service.max_in_flight => match msg {
                     Some(m) => self.take(m, &mut rx),
-                    None => break None,
+                    // The consumer dropped its handle: either it sent a stop request just
+                    // before (both go together in `stop_shards`; this turn polled `stop`
+                    // before the request and the input after the handle was dropped) or it
+                    // is gone, which ends `stop` too.
+                    None => break (&mut stop).await.ok(),
                 },
                 // Nothing else to do: the checkpoint under way goes on, a step per turn (the
                 // yield lets the other shards on this worker thread run in between).
@@ -817,6 +821,39 @@ fn changelog_written(records: &[StateRecord]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `stop_shards` sends the stop request and then drops the handle, closing the input: a
+    /// shard that polls its stop request just before the first and its input just after the
+    /// second must still answer the request (it broke off without a reply, and the consumer
+    /// waited out the whole stop timeout, leaving the partition uncommitted).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_shard_whose_input_closes_before_its_stop_request_arrives_still_answers_it() {
+        let mut config = Config::example();
+        config.kafka.brokers = "127.0.0.1:9".into(); // never contacted: nothing is produced
+        let producer: FutureProducer = super::super::producer_config(&config).create().unwrap();
+        let env = Arc::new(ShardEnv::new(&config, producer));
+        let start = ShardStart {
+            engine: Engine::new(env.rules.clone()),
+            producer: None,
+            position: None,
+        };
+        let progress = Arc::new(AtomicI64::new(-1));
+        let shard = Shard::new(Arc::from("in"), 7, env, start, progress, Instant::now());
+        let (tx, rx) = mpsc::channel(4);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(shard.run(rx, stop_rx));
+        // The input closes first, and the shard gets turns to see it with no request yet
+        // (the race, made deterministic on one thread).
+        drop(tx);
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+        let _ = stop_tx.send(reply_tx);
+        task.await.unwrap();
+        let exit = reply_rx.try_recv().expect("the stop request was answered");
+        assert_eq!((&*exit.topic, exit.partition, exit.commit), ("in", 7, None));
+    }
 
     #[test]
     fn a_quiet_partition_moves_on_with_the_wall_clock_after_idle_advance() {
