@@ -407,25 +407,18 @@ impl ConsumerContext for Ctx {
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         match err {
-            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if self.stopping() => {
-                // The group handed out partitions while this instance is leaving it: they
-                // are taken (a rebalance must be answered) but get no shard and no restore.
-                // Their messages are dropped uncommitted; leaving the group hands them back.
-                telemetry::rebalance("assign");
-                telemetry::assigned_while_stopping(parts.len());
-                let assigned = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                if let Err(e) = assigned {
-                    telemetry::consumer_error(&e);
-                }
-            }
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 telemetry::rebalance("assign");
-                self.store_progress(consumer);
-                let starts = self.prepare(&parts);
+                let starts = if self.stopping() {
+                    // The group handed out partitions while this instance is leaving it: they
+                    // are taken (a rebalance must be answered) but get no restore and no
+                    // shard. Their messages are dropped uncommitted; leaving hands them back.
+                    telemetry::assigned_while_stopping(parts.len());
+                    Vec::new()
+                } else {
+                    self.store_progress(consumer);
+                    self.prepare(&parts)
+                };
                 for ((topic, partition), start) in parts.iter().zip(&starts) {
                     if let Some(p) = start.as_ref().and_then(|s| s.position) {
                         let _ = tpl.set_partition_offset(
