@@ -9,7 +9,8 @@ cargo bench --bench engine
 cargo bench --bench memory
 CXSTREAM_BENCH_PROFILES=10000000 cargo bench --bench memory
 cargo bench --bench restore
-# Longest time the engine holds a shard at 1M profiles (eviction at the cap, dedup expiry).
+# Longest time the engine holds a shard at 1M profiles (eviction at the cap, dedup expiry,
+# the idle-profile sweep).
 cargo run --release --example pauses -- "${CXSTREAM_BENCH_PROFILES:-1000000}" 3000000
 # End to end (and catch-up after a restart): three runs per guarantee, alternating, on all
 # cores; then one worker thread.

@@ -830,7 +830,7 @@ mod tests {
     async fn a_shard_whose_input_closes_before_its_stop_request_arrives_still_answers_it() {
         let mut config = Config::example();
         config.kafka.brokers = "127.0.0.1:9".into(); // never contacted: nothing is produced
-        let producer: FutureProducer = super::super::producer_config(&config).create().unwrap();
+        let producer: FutureProducer = crate::service::producer_config(&config).create().unwrap();
         let env = Arc::new(ShardEnv::new(&config, producer));
         let start = ShardStart {
             engine: Engine::new(env.rules.clone()),
