@@ -74,35 +74,56 @@ impl IdentityRules {
             .any(|n| n.eq_ignore_ascii_case(value))
     }
 
+    /// The event's identifiers in key order (customer first, then anonymous, then other
+    /// identities in kind order), each with its hash seed, kind prefix and kind.
+    fn identifiers(e: &Event) -> impl Iterator<Item = (u64, &str, &str, KeyKind)> {
+        let customer = e
+            .customer_id
+            .iter()
+            .map(|c| (1, "", c.as_str(), KeyKind::Customer));
+        let anonymous = e
+            .anonymous_id
+            .iter()
+            .map(|a| (2, "", a.as_str(), KeyKind::Anonymous));
+        let others = e
+            .identities
+            .iter()
+            .map(|(k, v)| (3, k.as_str(), v.as_str(), KeyKind::Other));
+        customer.chain(anonymous).chain(others)
+    }
+
+    /// The identity's kind seeds the value's hash: "device_id"/"x" and "email"/"x" differ.
+    fn hash(seed: u64, prefix: &str, value: &str) -> u64 {
+        let seed = if prefix.is_empty() {
+            seed
+        } else {
+            xxh3_64_with_seed(prefix.as_bytes(), seed)
+        };
+        xxh3_64_with_seed(value.as_bytes(), seed)
+    }
+
     /// Fills `out` with the linkable keys of an event (customer first, then anonymous, then
     /// other identities in kind order). Returns how many identifiers the never-link list stopped.
     pub fn keys(&self, e: &Event, out: &mut Vec<Key>) -> u32 {
         out.clear();
         let mut stopped = 0;
-        let mut push = |seed: u64, prefix: &str, value: &str, kind: KeyKind| {
-            if !self.linkable(value) {
-                stopped += 1;
-                return;
-            }
-            // The identity's kind seeds the value's hash: "device_id"/"x" and "email"/"x" differ.
-            let seed = if prefix.is_empty() {
-                seed
+        for (seed, prefix, value, kind) in Self::identifiers(e) {
+            if self.linkable(value) {
+                let hash = Self::hash(seed, prefix, value);
+                out.push(Key { hash, kind });
             } else {
-                xxh3_64_with_seed(prefix.as_bytes(), seed)
-            };
-            let hash = xxh3_64_with_seed(value.as_bytes(), seed);
-            out.push(Key { hash, kind });
-        };
-        if let Some(c) = &e.customer_id {
-            push(1, "", c, KeyKind::Customer);
-        }
-        if let Some(a) = &e.anonymous_id {
-            push(2, "", a, KeyKind::Anonymous);
-        }
-        for (k, v) in &e.identities {
-            push(3, k, v, KeyKind::Other);
+                stopped += 1;
+            }
         }
         stopped
+    }
+
+    /// The hash of the first of [`IdentityRules::keys`]: the one an event's profile is
+    /// looked up by. `None` when no identifier is linkable.
+    pub fn first_key(&self, e: &Event) -> Option<u64> {
+        Self::identifiers(e)
+            .find(|(_, _, value, _)| self.linkable(value))
+            .map(|(seed, prefix, value, _)| Self::hash(seed, prefix, value))
     }
 
     /// Whether the event carries at least one identifier that may link (cheap: no hashing).
@@ -250,6 +271,23 @@ mod tests {
         let mut k2 = Vec::new();
         rules().keys(&e2, &mut k2);
         assert_ne!(keys[0].hash, k2[0].hash);
+    }
+
+    #[test]
+    fn the_first_key_is_the_first_linkable_identifier() {
+        let e = decode_json(
+            br#"{"event_id":"e","occurred_at":"2026-01-01T00:00:00Z","customer_id":"null","anonymous_id":"0",
+            "identities":{"email":"x@y","device_id":"d1"},"channel":"web","touchpoint":"t","action":"view"}"#,
+        )
+        .unwrap();
+        let mut keys = Vec::new();
+        rules().keys(&e, &mut keys);
+        // Identities in kind order: device_id before email.
+        assert_eq!(keys.len(), 2);
+        assert_eq!(rules().first_key(&e), Some(keys[0].hash));
+        let mut only_placeholders = e.clone();
+        only_placeholders.identities.clear();
+        assert_eq!(rules().first_key(&only_placeholders), None);
     }
 
     #[test]

@@ -152,6 +152,12 @@ impl<T: Timed> TimeQueue<T> {
         }
     }
 
+    /// The items of the current bucket that come next, after the first `skip` of them: a
+    /// hint of what is popped soon (items pushed meanwhile may come before them).
+    pub(super) fn upcoming(&self, skip: usize, n: usize) -> impl Iterator<Item = &T> {
+        self.near.iter().rev().skip(skip).take(n)
+    }
+
     pub(super) fn len(&self) -> usize {
         self.near.len() + self.late.len() + self.far_len
     }
