@@ -1,32 +1,50 @@
 //! The duplicate filter: remembers event ids (as 64-bit hashes) for `dedup_window` of event time.
 //!
-//! One hash table answers "seen?" with a single probe. Each id is stored with its time bucket (a
-//! quarter of the window wide). An id is remembered for at least the window after its event
-//! time, and at most a quarter window more. Once the watermark has passed an event's time plus
-//! the window, a copy of it would be late anyway, so forgetting it then changes nothing.
+//! Each id is stored with its time bucket (a quarter of the window wide). An id is remembered
+//! for at least the window after its event time, and at most a quarter window more. Once the
+//! watermark has passed an event's time plus the window, a copy of it would be late anyway, so
+//! forgetting it then changes nothing.
 //!
 //! Forgetting costs no pause. When the watermark moves the floor past a bucket, that bucket's
 //! ids count as forgotten at once (an id found with a bucket below the floor is taken as new),
 //! and a sweep removes them from the table a few slots per inserted id, walking the table in
 //! order. Removing them all in one pass over the table held the shard up every quarter window:
 //! ~30 ms at four million ids (BENCHMARKS.md, "Pauses").
-
-use hashbrown::HashTable;
+//!
+//! The table is our own: open addressing with linear probing over the ids, at most three
+//! quarters full, their buckets in a second array beside it. Almost every event brings a new
+//! id, so almost every lookup is a miss that reads ids up to an empty slot, in one or two
+//! adjacent cache lines: one memory access per event where a table with separate control
+//! bytes (hashbrown's) takes two, at a million ids and more neither in the cache. The ids are
+//! hashes already, so an id's low bits are its home slot.
 
 use crate::event::Millis;
 
-/// Table slots the sweep looks at per new id. The table has at most ~2.3 slots per id (the
-/// hash table's lowest load), and a quarter window brings about a fifth of the ids remembered
-/// (the window and a quarter): a sweep needs ~12 slots per new id to end within the quarter.
+/// Table slots the sweep looks at per new id. The table has about 2.7 slots per id at most
+/// (three eighths full just after it grows), and a quarter window brings about a fifth of the
+/// ids remembered (the window and a quarter): a sweep needs ~14 slots per new id to end within
+/// the quarter. (Should it fall behind, the forgotten ids left make the table grow sooner,
+/// and growing drops them.)
 const SWEEP_PER_INSERT: usize = 16;
+
+/// The id of a free slot. Id 0 is stored as 1 (a 2^-64 chance of a false duplicate, far below
+/// that of two event ids with the same 64-bit hash).
+const EMPTY: u64 = 0;
+
+/// Slots of a new table.
+const MIN_SLOTS: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct Dedup {
     bucket_len: Millis,
     window: Millis,
-    /// (id, bucket number of its event time), found by the id (already a hash).
-    seen: HashTable<(u64, Millis)>,
-    /// Ids of buckets below this are forgotten (some may still be in `seen`).
+    /// Event id hashes by slot; a power of two in length, at most three quarters used.
+    ids: Vec<u64>,
+    /// The bucket number of each slot's event time.
+    buckets: Vec<Millis>,
+    /// Slots holding an id: remembered ones, and forgotten ones not yet swept.
+    used: usize,
+    /// Ids of buckets below this are forgotten (some may still be in the table).
     floor: Millis,
     /// The sweep's next table slot; `None` when no sweep is under way.
     sweep: Option<usize>,
@@ -40,29 +58,70 @@ impl Dedup {
         Dedup {
             bucket_len: window / 4,
             window,
-            seen: HashTable::new(),
+            ids: vec![EMPTY; MIN_SLOTS],
+            buckets: vec![0; MIN_SLOTS],
+            used: 0,
             floor: Millis::MIN,
             sweep: None,
             sweep_again: false,
         }
     }
 
+    fn mask(&self) -> usize {
+        self.ids.len() - 1
+    }
+
     /// Records `id` at event time `t`; false if it was already seen.
     pub fn insert(&mut self, t: Millis, id: u64) -> bool {
+        let id = id.max(1);
         let bucket = t.div_euclid(self.bucket_len);
-        match self.seen.find_mut(id, |e| e.0 == id) {
-            Some(e) if e.1 >= self.floor => false,
-            // Forgotten but not yet swept: remembered again from now.
-            Some(e) => {
-                e.1 = bucket;
-                true
-            }
-            None => {
-                self.seen.insert_unique(id, (id, bucket), |e| e.0);
-                self.sweep_some(SWEEP_PER_INSERT);
-                true
+        if (self.used + 1) * 4 > self.ids.len() * 3 {
+            self.grow();
+        }
+        let mask = self.mask();
+        let mut i = id as usize & mask;
+        loop {
+            match self.ids[i] {
+                EMPTY => break,
+                k if k == id => {
+                    if self.buckets[i] >= self.floor {
+                        return false;
+                    }
+                    // Forgotten but not yet swept: remembered again from now.
+                    self.buckets[i] = bucket;
+                    return true;
+                }
+                _ => i = (i + 1) & mask,
             }
         }
+        self.ids[i] = id;
+        self.buckets[i] = bucket;
+        self.used += 1;
+        self.sweep_some(SWEEP_PER_INSERT);
+        true
+    }
+
+    /// Doubles the table, keeping the remembered ids only (no sweep is needed after it).
+    fn grow(&mut self) {
+        let len = self.ids.len() * 2;
+        let ids = std::mem::replace(&mut self.ids, vec![EMPTY; len]);
+        let buckets = std::mem::replace(&mut self.buckets, vec![0; len]);
+        let mask = len - 1;
+        self.used = 0;
+        for (id, b) in ids.into_iter().zip(buckets) {
+            if id == EMPTY || b < self.floor {
+                continue;
+            }
+            let mut i = id as usize & mask;
+            while self.ids[i] != EMPTY {
+                i = (i + 1) & mask;
+            }
+            self.ids[i] = id;
+            self.buckets[i] = b;
+            self.used += 1;
+        }
+        self.sweep = None;
+        self.sweep_again = false;
     }
 
     /// Forgets ids whose event time is older than `watermark - window`: every id of a
@@ -86,17 +145,17 @@ impl Dedup {
         let Some(from) = self.sweep else {
             return;
         };
-        // The table may have grown (and moved its ids) since the sweep began: ids it skips
-        // wait for the next sweep, and still count as forgotten meanwhile.
-        let end = (from + slots).min(self.seen.num_buckets());
-        for i in from..end {
-            if let Ok(e) = self.seen.get_bucket_entry(i) {
-                if e.get().1 < self.floor {
-                    e.remove();
-                }
+        let end = (from + slots).min(self.ids.len());
+        let mut i = from;
+        while i < end {
+            if self.ids[i] != EMPTY && self.buckets[i] < self.floor {
+                // Another id may move into slot `i`: look at it again.
+                self.remove(i);
+            } else {
+                i += 1;
             }
         }
-        self.sweep = if end < self.seen.num_buckets() {
+        self.sweep = if end < self.ids.len() {
             Some(end)
         } else if std::mem::take(&mut self.sweep_again) {
             Some(0)
@@ -105,19 +164,81 @@ impl Dedup {
         };
     }
 
+    /// Empties slot `hole`, moving back the ids after it that could not be found otherwise
+    /// (an id must be reachable from its home slot without crossing an empty one).
+    fn remove(&mut self, mut hole: usize) {
+        let mask = self.mask();
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let id = self.ids[j];
+            if id == EMPTY {
+                break;
+            }
+            let home = id as usize & mask;
+            // It may move back to the hole when the hole is between its home and it.
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.ids[hole] = id;
+                self.buckets[hole] = self.buckets[j];
+                hole = j;
+            }
+        }
+        self.ids[hole] = EMPTY;
+        self.used -= 1;
+    }
+
     /// Number of ids in the table: the remembered ones, and forgotten ones not yet swept.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.used
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.used == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Against a map of id to bucket: the same answers through inserts, expiry, sweeps,
+        /// growth, and ids crowded onto the last three home slots (long runs that wrap around
+        /// the end of the table).
+        #[test]
+        fn answers_as_a_map_does(
+            ops in prop::collection::vec((0u8..12, 0u64..3000, 0i64..300), 1..3000),
+            crowded in any::<bool>(),
+        ) {
+            let mut d = Dedup::new(100);
+            let mut model: HashMap<u64, Millis> = HashMap::new();
+            let mut watermark = 0;
+            for (op, x, dt) in ops {
+                if op == 0 {
+                    watermark += dt;
+                    d.expire(watermark);
+                    continue;
+                }
+                let id = if crowded { (x << 32) | (0xFFFF_FFFF - x % 3) } else { x + 1 };
+                let t = watermark + dt - 100;
+                let bucket = t.div_euclid(d.bucket_len);
+                let fresh = model.get(&id).is_none_or(|&b| b < d.floor);
+                prop_assert_eq!(d.insert(t, id), fresh, "id {} at {}", id, t);
+                if fresh {
+                    model.insert(id, bucket);
+                }
+            }
+            prop_assert_eq!(d.used, d.ids.iter().filter(|&&id| id != EMPTY).count());
+            let remembered = model.values().filter(|&&b| b >= d.floor).count();
+            prop_assert!(d.len() >= remembered);
+            for (&id, &b) in &model {
+                prop_assert_eq!(d.insert(watermark, id), b < d.floor);
+            }
+        }
+    }
 
     #[test]
     fn remembers_for_the_window_then_forgets() {
@@ -138,23 +259,31 @@ mod tests {
     }
 
     #[test]
+    fn id_zero_is_an_id_like_any_other() {
+        let mut d = Dedup::new(1000);
+        assert!(d.insert(0, 0));
+        assert!(!d.insert(0, 0));
+        assert_eq!(d.len(), 1);
+    }
+
+    #[test]
     fn forgotten_ids_are_swept_out_a_few_slots_per_insert() {
         let mut d = Dedup::new(1000);
-        for id in 0..10_000 {
+        for id in 1..=10_000 {
             assert!(d.insert(0, id));
         }
         d.expire(1250);
         assert_eq!(d.len(), 10_000, "nothing removed at once");
         // Ids of the next buckets sweep the table as they are inserted.
-        for id in 10_000..20_000 {
+        for id in 10_001..=20_000 {
             assert!(d.insert(1250, id));
         }
         assert_eq!(d.len(), 10_000, "every forgotten id swept");
         assert!(d.sweep.is_none());
-        for id in 0..10_000 {
+        for id in 1..=10_000 {
             assert!(d.insert(1250, id), "{id} was forgotten");
         }
-        for id in 0..20_000 {
+        for id in 1..=20_000 {
             assert!(!d.insert(1250, id), "{id} is remembered");
         }
     }
