@@ -34,6 +34,9 @@ impl Engine {
         let mut keys = [None; LOOKAHEAD];
         for (k, e) in keys.iter_mut().zip(&events) {
             *k = e.and_then(|e| self.rules.identity.first_key(e));
+            // Other identities live in a buffer of their own.
+            let other = e.and_then(|e| e.identities.first());
+            sum = sum.wrapping_add(other.map_or(0, |(kind, _)| kind.len() as u64));
         }
         let mut slots = [u32::MAX; LOOKAHEAD];
         for (s, k) in slots.iter_mut().zip(&keys) {
@@ -55,14 +58,18 @@ impl Engine {
         let mut profiles: [Option<&Profile>; LOOKAHEAD] = [None; LOOKAHEAD];
         for (p, &s) in profiles.iter_mut().zip(slots) {
             *p = self.profiles.get(s as usize).and_then(Option::as_ref);
-            sum = sum.wrapping_add(p.map_or(0, |p| p.last_seen as u64 ^ p.keys.len() as u64));
+            sum = sum.wrapping_add(p.map_or(0, |p| p.last_seen as u64));
         }
         for p in profiles.iter().flatten() {
+            // The keys span the profile's second cache line (or a buffer of their own).
+            let (first, last) = (p.keys.first(), p.keys.last());
+            sum = sum.wrapping_add(first.zip(last).map_or(0, |(a, b)| a ^ b));
             for i in &p.open {
                 sum = sum.wrapping_add(i.id ^ i.last as u64 ^ u64::from(i.journey));
             }
             if let Some(x) = &p.extra {
-                sum = sum.wrapping_add(x.clicks.len() as u64);
+                let closed = x.closed.first().map_or(0, |c| c.ended as u64);
+                sum = sum.wrapping_add(closed ^ x.clicks.len() as u64);
             }
         }
         black_box(sum);
