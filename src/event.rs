@@ -182,6 +182,10 @@ impl ChannelSet {
     }
 }
 
+/// An event's other identifiers: inline for the usual one (no allocation per event to make,
+/// and none to free when the event is applied, long after, its memory no longer cached).
+pub type Identities = smallvec::SmallVec<[(CompactString, CompactString); 1]>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Survey {
     pub kind: SurveyKind,
@@ -196,7 +200,7 @@ pub struct Event {
     pub customer_id: Option<CompactString>,
     pub anonymous_id: Option<CompactString>,
     /// Other identifiers as (kind, value), e.g. ("device_id", "d-7").
-    pub identities: Vec<(CompactString, CompactString)>,
+    pub identities: Identities,
     pub channel: Channel,
     pub touchpoint: CompactString,
     pub action: Action,
@@ -230,7 +234,7 @@ impl Event {
             occurred_at,
             customer_id: None,
             anonymous_id: None,
-            identities: Vec::new(),
+            identities: Identities::new(),
             channel,
             touchpoint: touchpoint.into(),
             action,

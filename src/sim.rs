@@ -371,9 +371,9 @@ impl Simulator {
             customer_id: (identified || !digital).then(|| format_compact!("c-{c}")),
             anonymous_id: digital.then(|| format_compact!("a-{c:x}-{:x}", sess.session)),
             identities: if digital {
-                vec![(CompactString::const_new("device_id"), device)]
+                smallvec::smallvec![(CompactString::const_new("device_id"), device)]
             } else {
-                vec![]
+                smallvec::SmallVec::new()
             },
             channel: st.channel,
             touchpoint: CompactString::const_new(st.touchpoint),

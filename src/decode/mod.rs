@@ -11,7 +11,7 @@ use compact_str::CompactString;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::event::{Action, Channel, Event, Millis, Outcome, Survey, SurveyKind};
+use crate::event::{Action, Channel, Event, Identities, Millis, Outcome, Survey, SurveyKind};
 use crate::proto;
 
 /// Longest accepted id (event, customer, anonymous, identity value).
@@ -208,7 +208,7 @@ impl Raw<'_> {
                 ),
             ));
         }
-        let mut identities = Vec::with_capacity(self.identities.len());
+        let mut identities = Identities::with_capacity(self.identities.len());
         for (kind, value) in self.identities {
             check_len("identities key", &kind, MAX_TEXT_BYTES)?;
             if value.len() > MAX_ID_BYTES {
@@ -575,7 +575,10 @@ mod tests {
         );
         assert_eq!(e.occurred_at % 1000, 120);
         assert_eq!(e.customer_id.as_deref(), Some("c-42"));
-        assert_eq!(e.identities, vec![("device_id".into(), "d-7".into())]);
+        assert_eq!(
+            e.identities.to_vec(),
+            vec![("device_id".into(), "d-7".into())]
+        );
         assert_eq!(e.channel, Channel::Web);
         assert_eq!(e.action, Action::Error);
         assert_eq!(e.outcome, Some(Outcome::Failure));

@@ -537,11 +537,11 @@ fn guardrails_refuse_placeholder_ids_caps_and_customer_conflicts() {
     b.customer_id = Some("c-2".into());
     // A device shared by two customers: never merges them.
     let mut c = web("c", 2.0, "x", "home");
-    c.identities = vec![("device_id".into(), "tablet".into())];
+    c.identities = smallvec::smallvec![("device_id".into(), "tablet".into())];
     c.anonymous_id = None;
     c.customer_id = Some("c-1".into());
     let mut d = web("d", 3.0, "x", "home");
-    d.identities = vec![("device_id".into(), "tablet".into())];
+    d.identities = smallvec::smallvec![("device_id".into(), "tablet".into())];
     d.anonymous_id = None;
     d.customer_id = Some("c-2".into());
     // Past the cap of 2 identifiers.
@@ -549,7 +549,7 @@ fn guardrails_refuse_placeholder_ids_caps_and_customer_conflicts() {
     e.customer_id = Some("c-1".into());
     // Only placeholders: cannot be attributed.
     let mut f = web("f", 5.0, "null", "home");
-    f.identities = vec![("device_id".into(), "0".into())];
+    f.identities = smallvec::smallvec![("device_id".into(), "0".into())];
     let mut out = vec![];
     for x in [a, b, c, d, e] {
         assert_eq!(r.engine.ingest(x, &mut out), Ingest::Accepted);
