@@ -101,9 +101,20 @@ impl Dedup {
         true
     }
 
-    /// Doubles the table, keeping the remembered ids only (no sweep is needed after it).
+    /// Rebuilds the table with the remembered ids only (no sweep is needed after it): twice
+    /// as large, or as large as it is when forgotten ids were most of what filled it.
     fn grow(&mut self) {
-        let len = self.ids.len() * 2;
+        let remembered = self
+            .ids
+            .iter()
+            .zip(&self.buckets)
+            .filter(|&(&id, &b)| id != EMPTY && b >= self.floor)
+            .count();
+        let len = if remembered * 8 <= self.ids.len() * 3 {
+            self.ids.len()
+        } else {
+            self.ids.len() * 2
+        };
         let ids = std::mem::replace(&mut self.ids, vec![EMPTY; len]);
         let buckets = std::mem::replace(&mut self.buckets, vec![0; len]);
         let mask = len - 1;
@@ -256,6 +267,25 @@ mod tests {
         assert!(!d.insert(2499, 7));
         d.expire(2500);
         assert!(d.insert(2500, 7));
+    }
+
+    #[test]
+    fn a_table_full_of_forgotten_ids_is_rebuilt_without_growing() {
+        let mut d = Dedup::new(1000);
+        for id in 1..=700 {
+            assert!(d.insert(0, id));
+        }
+        d.expire(1250);
+        // No sweep has run yet: the next ids fill the table, which is rebuilt, not doubled.
+        d.sweep = None;
+        for id in 701..=800 {
+            assert!(d.insert(1250, id));
+        }
+        assert_eq!(d.ids.len(), MIN_SLOTS);
+        assert_eq!(d.len(), 100);
+        for id in 701..=800 {
+            assert!(!d.insert(1250, id), "{id} is remembered");
+        }
     }
 
     #[test]
