@@ -269,13 +269,19 @@ mod tests {
         assert!(d.insert(2500, 7));
     }
 
-    #[test]
-    fn a_table_full_of_forgotten_ids_is_rebuilt_without_growing() {
+    /// A filter (window 1000) that saw ids 1 to `n` at time 0, all forgotten since.
+    fn forgotten(n: u64) -> Dedup {
         let mut d = Dedup::new(1000);
-        for id in 1..=700 {
+        for id in 1..=n {
             assert!(d.insert(0, id));
         }
         d.expire(1250);
+        d
+    }
+
+    #[test]
+    fn a_table_full_of_forgotten_ids_is_rebuilt_without_growing() {
+        let mut d = forgotten(700);
         // No sweep has run yet: the next ids fill the table, which is rebuilt, not doubled.
         d.sweep = None;
         for id in 701..=800 {
@@ -298,11 +304,7 @@ mod tests {
 
     #[test]
     fn forgotten_ids_are_swept_out_a_few_slots_per_insert() {
-        let mut d = Dedup::new(1000);
-        for id in 1..=10_000 {
-            assert!(d.insert(0, id));
-        }
-        d.expire(1250);
+        let mut d = forgotten(10_000);
         assert_eq!(d.len(), 10_000, "nothing removed at once");
         // Ids of the next buckets sweep the table as they are inserted.
         for id in 10_001..=20_000 {
