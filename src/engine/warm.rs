@@ -37,7 +37,8 @@ impl Engine {
         let mut keys = [None; LOOKAHEAD];
         for (k, e) in keys.iter_mut().zip(&events) {
             *k = e.and_then(|e| self.rules.identity.first_key(e));
-            // Other identities live in a buffer of their own.
+            // Other identities: inline in another of the event's cache lines, or in a
+            // buffer of their own when there are several.
             let other = e.and_then(|e| e.identities.first());
             sum = sum.wrapping_add(other.map_or(0, |(kind, _)| kind.len() as u64));
         }
