@@ -128,11 +128,7 @@ impl IdentityRules {
 
     /// Whether the event carries at least one identifier that may link (cheap: no hashing).
     pub fn any_linkable(&self, e: &Event) -> bool {
-        e.customer_id
-            .iter()
-            .chain(e.anonymous_id.iter())
-            .chain(e.identities.iter().map(|(_, v)| v))
-            .any(|v| self.linkable(v))
+        Self::identifiers(e).any(|(_, _, value, _)| self.linkable(value))
     }
 
     /// The id a new profile gets: its customer id, else its first anonymous identifier.

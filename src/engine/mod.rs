@@ -262,26 +262,18 @@ impl Engine {
             let next_timer = self.timers.peek_time(w);
             match (next_event, next_timer) {
                 (_, Some(d)) if next_event.is_none_or(|t| d <= t) => {
-                    if timers_ahead <= warm::LOOKAHEAD / 2 {
-                        self.warm_timers(timers_ahead);
-                        timers_ahead = warm::LOOKAHEAD;
-                    }
+                    self.read_ahead_timers(&mut timers_ahead);
                     let Some(timer) = self.timers.pop(w) else {
                         break;
                     };
-                    timers_ahead -= 1;
                     self.maybe_sweep(d);
                     self.fire(timer, out);
                 }
                 (Some(t), _) => {
-                    if events_ahead <= warm::LOOKAHEAD / 2 {
-                        self.warm_events(events_ahead);
-                        events_ahead = warm::LOOKAHEAD;
-                    }
+                    self.read_ahead_events(&mut events_ahead);
                     let Some(Parked { slot, id, .. }) = self.pending.pop(w) else {
                         break;
                     };
-                    events_ahead -= 1;
                     // The event is applied where it is parked (an event is a few hundred
                     // bytes: moving it out cost more than the slot table's loan).
                     let parked = std::mem::take(&mut self.parked);

@@ -18,13 +18,38 @@ use crate::profile::Profile;
 /// Items of each queue read ahead at a time. The engine reads again when half of them have
 /// been used, for this many items after the half still ahead: an item is first read 16 to 24
 /// items before its turn, and again 8 to 16 before it (from the cache by then). Reading each
-/// item once, 8 to 16 ahead, was ~15% slower; with 32 here (first read 32 to 48 ahead) no
-/// faster than 16 (BENCHMARKS.md, run 9).
-pub(super) const LOOKAHEAD: usize = 16;
+/// item once, 8 to 16 ahead, was ~15% slower, once 16 to 24 ahead ~3% slower; with 32 here
+/// (first read 32 to 48 ahead) no faster than 16 (BENCHMARKS.md, run 9).
+const LOOKAHEAD: usize = 16;
+
+/// Counts an item about to be taken from a queue of which `ahead` items were read ahead.
+/// When it is time to read ahead again, returns how many of the next items to skip.
+fn due(ahead: &mut usize) -> Option<usize> {
+    let due = (*ahead <= LOOKAHEAD / 2).then_some(*ahead);
+    if due.is_some() {
+        *ahead = LOOKAHEAD;
+    }
+    *ahead -= 1;
+    due
+}
 
 impl Engine {
+    /// Before the next buffered event is taken: reads ahead when it is time to.
+    pub(super) fn read_ahead_events(&self, ahead: &mut usize) {
+        if let Some(skip) = due(ahead) {
+            self.warm_events(skip);
+        }
+    }
+
+    /// Before the next timer is taken: reads ahead when it is time to.
+    pub(super) fn read_ahead_timers(&self, ahead: &mut usize) {
+        if let Some(skip) = due(ahead) {
+            self.warm_timers(skip);
+        }
+    }
+
     /// Reads ahead for [`LOOKAHEAD`] buffered events after the next `skip`.
-    pub(super) fn warm_events(&self, skip: usize) {
+    fn warm_events(&self, skip: usize) {
         let mut events = [None; LOOKAHEAD];
         let mut sum = 0u64;
         for (e, p) in events
@@ -50,7 +75,7 @@ impl Engine {
     }
 
     /// Reads ahead for [`LOOKAHEAD`] timers after the next `skip`.
-    pub(super) fn warm_timers(&self, skip: usize) {
+    fn warm_timers(&self, skip: usize) {
         let mut slots = [u32::MAX; LOOKAHEAD];
         for (s, t) in slots.iter_mut().zip(self.timers.upcoming(skip, LOOKAHEAD)) {
             *s = t.slot;
