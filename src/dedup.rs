@@ -71,6 +71,12 @@ impl Dedup {
         self.ids.len() - 1
     }
 
+    /// What is in `id`'s home slot: reading it loads the table where [`Dedup::insert`] will
+    /// look for `id` (see the engine's read-ahead).
+    pub fn home(&self, id: u64) -> u64 {
+        self.ids[id.max(1) as usize & self.mask()]
+    }
+
     /// Records `id` at event time `t`; false if it was already seen.
     pub fn insert(&mut self, t: Millis, id: u64) -> bool {
         let id = id.max(1);

@@ -64,12 +64,11 @@ impl Rules {
 /// What happened to an ingested event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingest {
-    /// Buffered; it is applied once the watermark passes it.
+    /// Buffered; it is applied once the watermark passes it, unless its event id was seen
+    /// within the dedup window by then (counted in [`EngineStats::duplicates`] then).
     Accepted,
     /// Older than the watermark: not applied.
     Late,
-    /// Its event id was seen within the dedup window: ignored.
-    Duplicate,
     /// Every identifier it carries is on the never-link list: it cannot be attributed.
     Unlinkable,
 }
@@ -218,13 +217,6 @@ impl Engine {
             return Ingest::Unlinkable;
         }
         let id_hash = xxh3_64(event.event_id.as_bytes());
-        if !self.dedup.insert(t, id_hash) {
-            self.stats.duplicates += 1;
-            return Ingest::Duplicate;
-        }
-        self.stats.accepted += 1;
-        self.stats.unknown_channel += u64::from(event.unknown_channel);
-        self.stats.unknown_action += u64::from(event.unknown_action);
         let slot = match self.free_parked.pop() {
             Some(s) => {
                 self.parked[s as usize] = Some(event);
@@ -274,6 +266,12 @@ impl Engine {
                     let Some(Parked { slot, id, .. }) = self.pending.pop(w) else {
                         break;
                     };
+                    if !self.dedup.insert(t, id) {
+                        self.stats.duplicates += 1;
+                        self.parked[slot as usize] = None;
+                        self.free_parked.push(slot);
+                        continue;
+                    }
                     // The event is applied where it is parked (an event is a few hundred
                     // bytes: moving it out cost more than the slot table's loan).
                     let parked = std::mem::take(&mut self.parked);
@@ -281,6 +279,9 @@ impl Engine {
                         self.parked = parked;
                         break;
                     };
+                    self.stats.accepted += 1;
+                    self.stats.unknown_channel += u64::from(event.unknown_channel);
+                    self.stats.unknown_action += u64::from(event.unknown_action);
                     if let Some(c) = &mut self.changes {
                         c.applied(t, id);
                     }

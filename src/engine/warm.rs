@@ -57,7 +57,7 @@ impl Engine {
             .zip(self.pending.upcoming(skip, LOOKAHEAD))
         {
             *e = self.parked.get(p.slot as usize).and_then(Option::as_ref);
-            sum = sum.wrapping_add(e.map_or(0, touch_event));
+            sum = sum.wrapping_add(e.map_or(0, touch_event) ^ self.dedup.home(p.id));
         }
         let mut keys = [None; LOOKAHEAD];
         for (k, e) in keys.iter_mut().zip(&events) {

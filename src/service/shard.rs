@@ -372,10 +372,6 @@ impl Shard {
                         self.ledger.push(m.offset, Some(t));
                         None
                     }
-                    Ingest::Duplicate => {
-                        self.ledger.push(m.offset, None);
-                        None
-                    }
                     Ingest::Late => Some((
                         "late",
                         format!(
