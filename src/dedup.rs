@@ -74,7 +74,8 @@ impl Dedup {
     /// What is in `id`'s home slot: reading it loads the table where [`Dedup::insert`] will
     /// look for `id` (see the engine's read-ahead).
     pub fn home(&self, id: u64) -> u64 {
-        self.ids[id.max(1) as usize & self.mask()]
+        let i = id.max(1) as usize & self.mask();
+        self.ids[i] ^ self.buckets[i] as u64
     }
 
     /// Records `id` at event time `t`; false if it was already seen.
