@@ -149,32 +149,45 @@ pub struct Instance {
 }
 
 /// The latest activity events of an instance as (step, event id), oldest first. Inline: an
-/// instance's evidence costs no allocation of its own.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// instance's evidence costs no allocation of its own. A ring: once full, a push overwrites
+/// the oldest in place (rotating the ids cost a `memmove` call per activity event, ~1% of the
+/// engine's time at 1M profiles).
+#[derive(Debug, Clone, Default)]
 pub struct Recent {
     ids: [CompactString; RECENT_EVENTS],
     steps: [u8; RECENT_EVENTS],
     len: u8,
+    /// Where the oldest is.
+    start: u8,
 }
 
 impl Recent {
     /// Appends an event, dropping the oldest when full.
     pub fn push(&mut self, step: u8, id: CompactString) {
-        let len = usize::from(self.len);
-        if len == RECENT_EVENTS {
-            self.ids.rotate_left(1);
-            self.steps.rotate_left(1);
-            self.ids[RECENT_EVENTS - 1] = id;
-            self.steps[RECENT_EVENTS - 1] = step;
+        let (len, start) = (usize::from(self.len), usize::from(self.start));
+        let i = if len == RECENT_EVENTS {
+            self.start = ((start + 1) % RECENT_EVENTS) as u8;
+            start
         } else {
-            self.ids[len] = id;
-            self.steps[len] = step;
             self.len += 1;
-        }
+            (start + len) % RECENT_EVENTS
+        };
+        self.ids[i] = id;
+        self.steps[i] = step;
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u8, &CompactString)> {
-        (0..usize::from(self.len)).map(|i| (self.steps[i], &self.ids[i]))
+        (0..usize::from(self.len)).map(|k| {
+            let i = (usize::from(self.start) + k) % RECENT_EVENTS;
+            (self.steps[i], &self.ids[i])
+        })
+    }
+}
+
+/// Equal when they hold the same events in the same order, wherever the ring starts.
+impl PartialEq for Recent {
+    fn eq(&self, other: &Recent) -> bool {
+        self.iter().eq(other.iter())
     }
 }
 
@@ -410,6 +423,28 @@ step_sla = { b = "1m" }"#,
         )
         .unwrap();
         Catalog::new(&[spec]).journeys.remove(0)
+    }
+
+    #[test]
+    fn recent_keeps_the_latest_events_oldest_first() {
+        let mut r = Recent::default();
+        let mut pushed = Vec::new();
+        for n in 0u8..8 {
+            r.push(n, CompactString::from(format!("e{n}")));
+            pushed.push((n, CompactString::from(format!("e{n}"))));
+            let kept = &pushed[pushed.len().saturating_sub(RECENT_EVENTS)..];
+            let got: Vec<_> = r.iter().map(|(s, id)| (s, id.clone())).collect();
+            assert_eq!(got, kept, "after {} pushes", n + 1);
+            // The same events pushed into a fresh ring (starting elsewhere) are equal.
+            let mut fresh = Recent::default();
+            for (s, id) in kept {
+                fresh.push(*s, id.clone());
+            }
+            assert_eq!(fresh, r);
+        }
+        let mut other = r.clone();
+        other.push(9, "e9".into());
+        assert_ne!(other, r);
     }
 
     #[test]
