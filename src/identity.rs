@@ -105,11 +105,24 @@ impl IdentityRules {
     /// Fills `out` with the linkable keys of an event (customer first, then anonymous, then
     /// other identities in kind order). Returns how many identifiers the never-link list stopped.
     pub fn keys(&self, e: &Event, out: &mut Vec<Key>) -> u32 {
+        self.fill_keys(e, None, out)
+    }
+
+    /// [`IdentityRules::keys`] when the first key is known already (the engine computes it
+    /// once, when the event arrives): it is not hashed again.
+    pub fn keys_after(&self, e: &Event, first: u64, out: &mut Vec<Key>) -> u32 {
+        self.fill_keys(e, Some(first), out)
+    }
+
+    fn fill_keys(&self, e: &Event, mut first: Option<u64>, out: &mut Vec<Key>) -> u32 {
         out.clear();
         let mut stopped = 0;
         for (seed, prefix, value, kind) in Self::identifiers(e) {
             if self.linkable(value) {
-                let hash = Self::hash(seed, prefix, value);
+                let hash = first
+                    .take()
+                    .unwrap_or_else(|| Self::hash(seed, prefix, value));
+                debug_assert_eq!(hash, Self::hash(seed, prefix, value), "a stale first key");
                 out.push(Key { hash, kind });
             } else {
                 stopped += 1;
@@ -124,11 +137,6 @@ impl IdentityRules {
         Self::identifiers(e)
             .find(|(_, _, value, _)| self.linkable(value))
             .map(|(seed, prefix, value, _)| Self::hash(seed, prefix, value))
-    }
-
-    /// Whether the event carries at least one identifier that may link (cheap: no hashing).
-    pub fn any_linkable(&self, e: &Event) -> bool {
-        Self::identifiers(e).any(|(_, _, value, _)| self.linkable(value))
     }
 
     /// The id a new profile gets: its customer id, else its first anonymous identifier.

@@ -11,10 +11,10 @@ use crate::journey::Instance;
 use crate::profile::Profile;
 
 impl Engine {
-    /// Applies one event; returns the slot of the profile it went to.
-    pub(super) fn apply(&mut self, e: &Event, out: &mut Vec<Output>) -> u32 {
+    /// Applies one event whose first key is `key`; returns the slot of the profile it went to.
+    pub(super) fn apply(&mut self, e: &Event, key: u64, out: &mut Vec<Output>) -> u32 {
         let t = e.occurred_at;
-        let slot = self.resolve(e, t);
+        let slot = self.resolve(e, key, t);
         self.touch(slot);
         let mut touched = std::mem::take(&mut self.touched);
         touched.clear();

@@ -212,10 +212,10 @@ impl Engine {
             self.stats.late += 1;
             return Ingest::Late;
         }
-        if !self.rules.identity.any_linkable(&event) {
+        let Some(key) = self.rules.identity.first_key(&event) else {
             self.stats.unlinkable += 1;
             return Ingest::Unlinkable;
-        }
+        };
         let id_hash = xxh3_64(event.event_id.as_bytes());
         let slot = match self.free_parked.pop() {
             Some(s) => {
@@ -231,6 +231,7 @@ impl Engine {
             at: t,
             id: id_hash,
             slot,
+            key,
         });
         if t > self.max_seen {
             self.max_seen = t;
@@ -263,7 +264,7 @@ impl Engine {
                 }
                 (Some(t), _) => {
                     self.read_ahead_events(&mut events_ahead);
-                    let Some(Parked { slot, id, .. }) = self.pending.pop(w) else {
+                    let Some(Parked { slot, id, key, .. }) = self.pending.pop(w) else {
                         break;
                     };
                     if !self.dedup.insert(t, id) {
@@ -286,7 +287,7 @@ impl Engine {
                         c.applied(t, id);
                     }
                     self.maybe_sweep(t);
-                    let current = self.apply(event, out);
+                    let current = self.apply(event, key, out);
                     self.parked = parked;
                     self.parked[slot as usize] = None;
                     self.free_parked.push(slot);
@@ -352,10 +353,12 @@ impl Engine {
     }
 
     /// Finds (or creates) the event's profile, linking and merging as the event's identifiers say.
-    fn resolve(&mut self, e: &Event, t: Millis) -> u32 {
+    /// `first`: the event's first key ([`IdentityRules::first_key`]).
+    fn resolve(&mut self, e: &Event, first: u64, t: Millis) -> u32 {
         let mut keys = std::mem::take(&mut self.keys);
         let mut cands = std::mem::take(&mut self.slots);
-        self.stats.guardrail_never_link += u64::from(self.rules.identity.keys(e, &mut keys));
+        self.stats.guardrail_never_link +=
+            u64::from(self.rules.identity.keys_after(e, first, &mut keys));
         // Fast path (almost every event): the first key's profile already holds all the
         // event's keys, so there is nothing to link or merge. One index probe instead of one
         // per key. (Keys are customer-first, so a customer key is always the one probed.)

@@ -34,15 +34,17 @@ pub(super) struct Timer {
     pub slot: u32,
 }
 
-/// An event waiting in the reorder buffer: its time, its id's hash, and where it is parked.
-/// Applied in this order; two distinct ids with the same millisecond and the same 64-bit hash
-/// would be ordered by slot, which depends on arrival: the one (astronomically rare) case
-/// where arrival order can show through.
+/// An event waiting in the reorder buffer: its time, its id's hash, where it is parked, and
+/// the key its profile is looked up by (hashed once, on arrival: the read-ahead and the
+/// identity lookup use it). Applied in this order; two distinct ids with the same millisecond
+/// and the same 64-bit hash would be ordered by slot, which depends on arrival: the one
+/// (astronomically rare) case where arrival order can show through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Parked {
     pub at: Millis,
     pub id: u64,
     pub slot: u32,
+    pub key: u64,
 }
 
 /// An item with a time, ordered by it first.

@@ -5,8 +5,8 @@
 //! the profile and its open journeys are each a cache miss (~100 ns on our machine), and
 //! applying events one after another takes those misses one after another. The reorder
 //! buffer and the timer queue know what comes next, so their state is read ahead in stages
-//! (every parked event, then every index probe, then every profile, then what the profiles
-//! point to): within a stage the loads do not depend on each other, and the processor
+//! (every parked event with its dedup slot and index probe, then every profile, then what the
+//! profiles point to): within a stage the loads do not depend on each other, and the processor
 //! overlaps them. It only reads, and nothing depends on what it finds but the timing.
 
 use std::hint::black_box;
@@ -51,25 +51,24 @@ impl Engine {
     /// Reads ahead for [`LOOKAHEAD`] buffered events after the next `skip`.
     fn warm_events(&self, skip: usize) {
         let mut events = [None; LOOKAHEAD];
+        let mut slots = [u32::MAX; LOOKAHEAD];
         let mut sum = 0u64;
-        for (e, p) in events
+        // The parked event, its id's place in the dedup table and its identity index probe
+        // (by the key hashed on arrival) do not depend on each other.
+        for ((e, s), p) in events
             .iter_mut()
+            .zip(&mut slots)
             .zip(self.pending.upcoming(skip, LOOKAHEAD))
         {
             *e = self.parked.get(p.slot as usize).and_then(Option::as_ref);
             sum = sum.wrapping_add(e.map_or(0, touch_event) ^ self.dedup.home(p.id));
+            *s = self.index.get(p.key).unwrap_or(u32::MAX);
         }
-        let mut keys = [None; LOOKAHEAD];
-        for (k, e) in keys.iter_mut().zip(&events) {
-            *k = e.and_then(|e| self.rules.identity.first_key(e));
+        for e in events.iter().flatten() {
             // Other identities: inline in another of the event's cache lines, or in a
             // buffer of their own when there are several.
-            let other = e.and_then(|e| e.identities.first());
+            let other = e.identities.first();
             sum = sum.wrapping_add(other.map_or(0, |(kind, _)| kind.len() as u64));
-        }
-        let mut slots = [u32::MAX; LOOKAHEAD];
-        for (s, k) in slots.iter_mut().zip(&keys) {
-            *s = k.and_then(|k| self.index.get(k)).unwrap_or(u32::MAX);
         }
         self.warm_profiles(&slots, sum);
     }
