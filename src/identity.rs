@@ -289,6 +289,11 @@ mod tests {
         // Identities in kind order: device_id before email.
         assert_eq!(keys.len(), 2);
         assert_eq!(rules().first_key(&e), Some(keys[0].hash));
+        // Given the first key, the same keys come out, and the same count of stopped ones.
+        let mut given = Vec::new();
+        let first = keys[0].hash;
+        assert_eq!(rules().keys_after(&e, first, &mut given), 2);
+        assert_eq!(given, keys);
         let mut only_placeholders = e.clone();
         only_placeholders.identities.clear();
         assert_eq!(rules().first_key(&only_placeholders), None);
