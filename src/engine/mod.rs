@@ -256,7 +256,7 @@ impl Engine {
             match (next_event, next_timer) {
                 (_, Some(d)) if next_event.is_none_or(|t| d <= t) => {
                     self.read_ahead_timers(&mut timers_ahead);
-                    let Some(timer) = self.timers.pop(w) else {
+                    let Some(timer) = self.timers.take_peeked() else {
                         break;
                     };
                     self.maybe_sweep(d);
@@ -264,7 +264,7 @@ impl Engine {
                 }
                 (Some(t), _) => {
                     self.read_ahead_events(&mut events_ahead);
-                    let Some(Parked { slot, id, key, .. }) = self.pending.pop(w) else {
+                    let Some(Parked { slot, id, key, .. }) = self.pending.take_peeked() else {
                         break;
                     };
                     if !self.dedup.insert(t, id) {

@@ -144,13 +144,25 @@ impl<T: Timed> TimeQueue<T> {
         self.peek(before).map(|t| t.time())
     }
 
-    /// Takes the earliest item if it is before `before`.
+    /// Takes the earliest item if it is before `before` (the engine peeks first, then takes:
+    /// the tests pop through the same two steps).
+    #[cfg(test)]
     pub(super) fn pop(&mut self, before: Millis) -> Option<T> {
-        let first = self.peek(before)?;
-        if self.near.last() == Some(&first) {
-            self.near.pop()
-        } else {
+        self.peek(before)?;
+        self.take_peeked()
+    }
+
+    /// Takes the earliest item, right after [`TimeQueue::peek_time`] found one before its
+    /// bound (which moved its bucket in): without looking for it a second time.
+    pub(super) fn take_peeked(&mut self) -> Option<T> {
+        let from_late = match (self.near.last(), self.late.peek()) {
+            (Some(n), Some(l)) => l.0 < *n,
+            (n, _) => n.is_none(),
+        };
+        if from_late {
             self.late.pop().map(|t| t.0)
+        } else {
+            self.near.pop()
         }
     }
 
