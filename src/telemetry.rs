@@ -613,7 +613,7 @@ pub fn describe(catalog: &Catalog, output_topics: &[&str]) {
     );
     describe_counter!(
         "cx_events_duplicate_total",
-        "Events whose event_id was already seen within the dedup window."
+        "Events whose event_id was already seen within the dedup window (counted when the watermark reaches them)."
     );
     describe_counter!(
         "cx_events_unknown_label_total",
