@@ -71,22 +71,32 @@ impl Dedup {
         self.ids.len() - 1
     }
 
+    /// Where a stored id's probe starts: its low bits (ids are hashes already).
+    fn home_slot(&self, id: u64) -> usize {
+        id as usize & self.mask()
+    }
+
+    /// An event id as stored: id 0 as 1 (0 marks a free slot).
+    fn stored(id: u64) -> u64 {
+        id.max(1)
+    }
+
     /// What is in `id`'s home slot: reading it loads the table where [`Dedup::insert`] will
     /// look for `id` (see the engine's read-ahead).
     pub fn home(&self, id: u64) -> u64 {
-        let i = id.max(1) as usize & self.mask();
+        let i = self.home_slot(Self::stored(id));
         self.ids[i] ^ self.buckets[i] as u64
     }
 
     /// Records `id` at event time `t`; false if it was already seen.
     pub fn insert(&mut self, t: Millis, id: u64) -> bool {
-        let id = id.max(1);
+        let id = Self::stored(id);
         let bucket = t.div_euclid(self.bucket_len);
         if (self.used + 1) * 4 > self.ids.len() * 3 {
             self.grow();
         }
         let mask = self.mask();
-        let mut i = id as usize & mask;
+        let mut i = self.home_slot(id);
         loop {
             match self.ids[i] {
                 EMPTY => break,
@@ -130,7 +140,7 @@ impl Dedup {
             if id == EMPTY || b < self.floor {
                 continue;
             }
-            let mut i = id as usize & mask;
+            let mut i = self.home_slot(id);
             while self.ids[i] != EMPTY {
                 i = (i + 1) & mask;
             }
@@ -193,7 +203,7 @@ impl Dedup {
             if id == EMPTY {
                 break;
             }
-            let home = id as usize & mask;
+            let home = self.home_slot(id);
             // It may move back to the hole when the hole is between its home and it.
             if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
                 self.ids[hole] = id;

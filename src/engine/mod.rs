@@ -217,16 +217,7 @@ impl Engine {
             return Ingest::Unlinkable;
         };
         let id_hash = xxh3_64(event.event_id.as_bytes());
-        let slot = match self.free_parked.pop() {
-            Some(s) => {
-                self.parked[s as usize] = Some(event);
-                s
-            }
-            None => {
-                self.parked.push(Some(event));
-                (self.parked.len() - 1) as u32
-            }
-        };
+        let slot = self.park(event);
         self.pending.push(Parked {
             at: t,
             id: id_hash,
@@ -238,6 +229,26 @@ impl Engine {
             self.advance_to(t.saturating_sub(self.rules.allowed_lateness), out);
         }
         Ingest::Accepted
+    }
+
+    /// Parks an event until the watermark reaches it: returns its slot.
+    fn park(&mut self, event: Event) -> u32 {
+        match self.free_parked.pop() {
+            Some(s) => {
+                self.parked[s as usize] = Some(event);
+                s
+            }
+            None => {
+                self.parked.push(Some(event));
+                (self.parked.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Drops a parked event (applied or a duplicate) and frees its slot.
+    fn unpark(&mut self, slot: u32) {
+        self.parked[slot as usize] = None;
+        self.free_parked.push(slot);
     }
 
     /// Moves the watermark to `w` (never backwards): buffered events older than `w` are
@@ -269,8 +280,7 @@ impl Engine {
                     };
                     if !self.dedup.insert(t, id) {
                         self.stats.duplicates += 1;
-                        self.parked[slot as usize] = None;
-                        self.free_parked.push(slot);
+                        self.unpark(slot);
                         continue;
                     }
                     // The event is applied where it is parked (an event is a few hundred
@@ -289,8 +299,7 @@ impl Engine {
                     self.maybe_sweep(t);
                     let current = self.apply(event, key, out);
                     self.parked = parked;
-                    self.parked[slot as usize] = None;
-                    self.free_parked.push(slot);
+                    self.unpark(slot);
                     while self.profile_count() > self.rules.max_profiles
                         && self.evict(t, current, out)
                     {}
