@@ -319,33 +319,33 @@ pub fn parse_rfc3339(s: &str) -> Result<Millis, Reject> {
 #[derive(Deserialize)]
 struct JsonEvent<'a> {
     #[serde(default, borrow)]
-    event_id: Option<Cow<'a, str>>,
+    event_id: Option<Text<'a>>,
     #[serde(default, borrow)]
-    occurred_at: Option<Cow<'a, str>>,
+    occurred_at: Option<Text<'a>>,
     #[serde(default, borrow)]
-    customer_id: Option<Cow<'a, str>>,
+    customer_id: Option<Text<'a>>,
     #[serde(default, borrow)]
-    anonymous_id: Option<Cow<'a, str>>,
+    anonymous_id: Option<Text<'a>>,
     #[serde(default, borrow)]
     identities: Option<Pairs<'a>>,
     #[serde(default, borrow)]
-    channel: Option<Cow<'a, str>>,
+    channel: Option<Text<'a>>,
     #[serde(default, borrow)]
-    touchpoint: Option<Cow<'a, str>>,
+    touchpoint: Option<Text<'a>>,
     #[serde(default, borrow)]
-    action: Option<Cow<'a, str>>,
+    action: Option<Text<'a>>,
     #[serde(default, borrow)]
-    outcome: Option<Cow<'a, str>>,
+    outcome: Option<Text<'a>>,
     #[serde(default, borrow)]
-    error_code: Option<Cow<'a, str>>,
+    error_code: Option<Text<'a>>,
     #[serde(default, borrow)]
     survey: Option<JsonSurvey<'a>>,
     #[serde(default)]
     value: Option<f64>,
     #[serde(default, borrow)]
-    segment: Option<Cow<'a, str>>,
+    segment: Option<Text<'a>>,
     #[serde(default, borrow)]
-    tier: Option<Cow<'a, str>>,
+    tier: Option<Text<'a>>,
     #[serde(default, borrow)]
     attributes: Option<Pairs<'a>>,
 }
@@ -353,12 +353,48 @@ struct JsonEvent<'a> {
 #[derive(Deserialize)]
 struct JsonSurvey<'a> {
     #[serde(borrow)]
-    kind: Cow<'a, str>,
+    kind: Text<'a>,
     score: i64,
 }
 
-/// A JSON object of string values, kept as pairs in arrival order (no map allocation).
-struct Pairs<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+/// A JSON string, borrowed from the message unless it has escapes to undo. (serde's own
+/// `Cow<str>` always copies, and `#[serde(borrow)]` only changes a bare `Cow` field, not one
+/// inside an `Option`: that was a heap allocation per string field.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                s: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(s))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(s.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(s))
+            }
+        }
+        d.deserialize_str(V).map(Text)
+    }
+}
+
+/// Optional text as the validator takes it: absent (or `null`) is empty.
+fn or_empty(t: Option<Text<'_>>) -> Cow<'_, str> {
+    t.map_or(Cow::Borrowed(""), |t| t.0)
+}
+
+/// A JSON object of string values, kept as pairs in arrival order (no map allocation, and
+/// inline for the usual one or two).
+struct Pairs<'a>(smallvec::SmallVec<[(Cow<'a, str>, Cow<'a, str>); 2]>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -369,14 +405,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
                 f.write_str("an object of string values")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Pairs<'a>, M::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<Cow<'a, str>, Option<Cow<'a, str>>>()? {
+                let mut out = smallvec::SmallVec::new();
+                while let Some((k, v)) = m.next_entry::<Text<'a>, Option<Text<'a>>>()? {
                     if out.len() > MAX_ATTRIBUTES.max(MAX_IDENTITIES) {
                         // Keep counting without keeping: the validator reports the size.
                         out.push((Cow::Borrowed(""), Cow::Borrowed("")));
                         continue;
                     }
-                    out.push((k, v.unwrap_or(Cow::Borrowed(""))));
+                    out.push((k.0, or_empty(v)));
                 }
                 Ok(Pairs(out))
             }
@@ -411,11 +447,11 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, Reject> {
             RejectReason::MissingField,
             "required field `occurred_at` is missing",
         )),
-        Some(s) if s.is_empty() => Err(Reject::new(
+        Some(Text(s)) if s.is_empty() => Err(Reject::new(
             RejectReason::MissingField,
             "required field `occurred_at` is empty",
         )),
-        Some(s) => parse_rfc3339(&s),
+        Some(Text(s)) => parse_rfc3339(&s),
     };
     let mut attributes = j.attributes.map(|p| p.0).unwrap_or_default();
     let attribute_count = attributes.len();
@@ -425,20 +461,20 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, Reject> {
         .map(|i| attributes.swap_remove(i).1)
         .unwrap_or(Cow::Borrowed(""));
     Raw {
-        event_id: j.event_id.unwrap_or_default(),
+        event_id: or_empty(j.event_id),
         occurred_at: Some(occurred_at),
-        customer_id: j.customer_id.unwrap_or_default(),
-        anonymous_id: j.anonymous_id.unwrap_or_default(),
-        identities: j.identities.map(|p| p.0.into()).unwrap_or_default(),
-        channel: j.channel.unwrap_or_default(),
-        touchpoint: j.touchpoint.unwrap_or_default(),
-        action: j.action.unwrap_or_default(),
-        outcome: j.outcome.unwrap_or_default(),
-        error_code: j.error_code.unwrap_or_default(),
-        survey: j.survey.map(|s| (s.kind, s.score)),
+        customer_id: or_empty(j.customer_id),
+        anonymous_id: or_empty(j.anonymous_id),
+        identities: j.identities.map(|p| p.0).unwrap_or_default(),
+        channel: or_empty(j.channel),
+        touchpoint: or_empty(j.touchpoint),
+        action: or_empty(j.action),
+        outcome: or_empty(j.outcome),
+        error_code: or_empty(j.error_code),
+        survey: j.survey.map(|s| (s.kind.0, s.score)),
         value: j.value,
-        segment: j.segment.unwrap_or_default(),
-        tier: j.tier.unwrap_or_default(),
+        segment: or_empty(j.segment),
+        tier: or_empty(j.tier),
         element,
         attribute_count,
     }
@@ -564,6 +600,40 @@ mod tests {
  "outcome": "failure", "error_code": "card_declined",
  "survey": {"kind": "nps", "score": 3}, "value": 129.90,
  "segment": "consumer", "tier": "gold", "attributes": {"element": "pay-button"}, "extra": [1,2]}"#;
+
+    #[test]
+    fn json_strings_are_borrowed_unless_escaped() {
+        let t: Text<'_> = serde_json::from_str(r#""checkout.payment""#).unwrap();
+        assert!(matches!(t.0, Cow::Borrowed("checkout.payment")));
+        let t: Text<'_> = serde_json::from_str(r#""checkout.\u0070ay\"ment""#).unwrap();
+        assert!(matches!(&t.0, Cow::Owned(s) if s == "checkout.pay\"ment"));
+        let pairs: Pairs<'_> =
+            serde_json::from_str(r#"{"device_id": "d-7", "e\u006cement": null}"#).unwrap();
+        assert!(matches!(
+            pairs.0[0],
+            (Cow::Borrowed("device_id"), Cow::Borrowed("d-7"))
+        ));
+        assert_eq!(pairs.0[1], (Cow::Borrowed("element"), Cow::Borrowed("")));
+        // Escapes undone in every kind of field, through the whole decoder.
+        let e = decode_json(
+            br#"{"event_id": "e\u002d1", "occurred_at": "2026-11-22T10:00:03\u002e120Z",
+                 "customer_id": "c\\42", "channel": "w\u0065b", "touchpoint": "a\/b",
+                 "action": "click", "attributes": {"\u0065lement": "x\ty"},
+                 "survey": {"kind": "n\u0070s", "score": 9}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.event_id, "e-1");
+        assert_eq!(e.occurred_at % 1000, 120);
+        assert_eq!(e.customer_id.as_deref(), Some("c\\42"));
+        assert_eq!(e.channel, Channel::Web);
+        assert_eq!(e.touchpoint, "a/b");
+        assert_eq!(e.element.as_deref(), Some("x\ty"));
+        assert_eq!(e.survey.map(|s| s.kind), Some(SurveyKind::Nps));
+        // A non-string where a string belongs is still a precise rejection.
+        let r = decode_json(br#"{"event_id": 7}"#).unwrap_err();
+        assert_eq!(r.reason, RejectReason::InvalidJson);
+        assert!(r.detail.contains("expected a string"), "{}", r.detail);
+    }
 
     #[test]
     fn decodes_the_documented_example() {
