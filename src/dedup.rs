@@ -12,7 +12,11 @@
 //! ~30 ms at four million ids (BENCHMARKS.md, "Pauses").
 //!
 //! The table is our own: open addressing with linear probing over the ids, at most three
-//! quarters full, their buckets in a second array beside it. Almost every event brings a new
+//! quarters full, their buckets in a second array beside it, one byte each: an offset from a
+//! base bucket (see [`Dedup::rebase`]). A byte is enough because only the window and a quarter
+//! (five or six buckets) is remembered at a time, and it keeps that array an eighth of the
+//! ids' size (4 MB at four million slots, mostly in the cache) and 7 bytes a slot off the
+//! memory: ~29 bytes per open journey in the memory benchmark. Almost every event brings a new
 //! id, so almost every lookup is a miss that reads ids up to an empty slot, in one or two
 //! adjacent cache lines: one memory access per event where a table with separate control
 //! bytes (hashbrown's) takes two, at a million ids and more neither in the cache. The ids are
@@ -40,8 +44,14 @@ pub struct Dedup {
     window: Millis,
     /// Event id hashes by slot; a power of two in length, at most three quarters used.
     ids: Vec<u64>,
-    /// The bucket number of each slot's event time.
-    buckets: Vec<Millis>,
+    /// The bucket number of each slot's event time, as an offset from `base`.
+    buckets: Vec<u8>,
+    /// The bucket an offset of 0 stands for.
+    base: Millis,
+    /// The latest bucket of an id recorded.
+    top: Millis,
+    /// Offsets from this up are remembered: `floor - base`, clamped to `0..=256`.
+    live_from: u16,
     /// Slots holding an id: remembered ones, and forgotten ones not yet swept.
     used: usize,
     /// Ids of buckets below this are forgotten (some may still be in the table).
@@ -60,6 +70,9 @@ impl Dedup {
             window,
             ids: vec![EMPTY; MIN_SLOTS],
             buckets: vec![0; MIN_SLOTS],
+            base: 0,
+            top: Millis::MIN,
+            live_from: 0,
             used: 0,
             floor: Millis::MIN,
             sweep: None,
@@ -85,13 +98,59 @@ impl Dedup {
     /// look for `id` (see the engine's read-ahead).
     pub fn home(&self, id: u64) -> u64 {
         let i = self.home_slot(Self::stored(id));
-        self.ids[i] ^ self.buckets[i] as u64
+        self.ids[i] ^ u64::from(self.buckets[i])
+    }
+
+    /// Whether a slot's bucket offset is at or above the floor.
+    fn live(&self, offset: u8) -> bool {
+        u16::from(offset) >= self.live_from
+    }
+
+    fn update_live_from(&mut self) {
+        self.live_from = self.floor.saturating_sub(self.base).clamp(0, 256) as u16;
+    }
+
+    /// Moves the base so that `bucket` fits in an offset, to the floor's bucket minus one
+    /// where it can (forgotten ids then read offset 0 or more below the floor, still
+    /// forgotten). It cannot when the ids remembered span more than 256 buckets: before the
+    /// first expiry, or with an `allowed_lateness` of more than ~60 windows. The base then
+    /// goes to 255 below the latest bucket, forgotten ids are dropped first (so that they do
+    /// not come back), and ids below it read as of the base's bucket: remembered longer, never
+    /// shorter. At the default settings this is one pass over the one-byte offsets
+    /// (vectorised) per ~250 buckets, ~60 windows of event time.
+    fn rebase(&mut self, bucket: Millis) {
+        let top = self.top.max(bucket);
+        let below_floor = self.floor.saturating_sub(1);
+        let base = (top - 255).max(bucket.min(below_floor));
+        if base > below_floor && self.floor != Millis::MIN {
+            self.rebuild(self.ids.len());
+        }
+        if base >= self.base {
+            let down = u8::try_from(base - self.base).unwrap_or(u8::MAX);
+            for b in &mut self.buckets {
+                *b = b.saturating_sub(down);
+            }
+        } else {
+            // Every stored bucket is at most `top`, at most 255 above the new base.
+            let up = (self.base - base) as u8;
+            for b in &mut self.buckets {
+                *b += up;
+            }
+        }
+        self.base = base;
+        self.update_live_from();
     }
 
     /// Records `id` at event time `t`; false if it was already seen.
     pub fn insert(&mut self, t: Millis, id: u64) -> bool {
         let id = Self::stored(id);
         let bucket = t.div_euclid(self.bucket_len);
+        if bucket > self.base + 255 || (bucket < self.base && bucket + 255 >= self.top) {
+            self.rebase(bucket);
+        }
+        self.top = self.top.max(bucket);
+        // Still below the base (see `rebase`): remembered as of the base's bucket.
+        let bucket = (bucket - self.base).max(0) as u8;
         if (self.used + 1) * 4 > self.ids.len() * 3 {
             self.grow();
         }
@@ -101,7 +160,7 @@ impl Dedup {
             match self.ids[i] {
                 EMPTY => break,
                 k if k == id => {
-                    if self.buckets[i] >= self.floor {
+                    if self.live(self.buckets[i]) {
                         return false;
                     }
                     // Forgotten but not yet swept: remembered again from now.
@@ -118,26 +177,32 @@ impl Dedup {
         true
     }
 
-    /// Rebuilds the table with the remembered ids only (no sweep is needed after it): twice
-    /// as large, or as large as it is when forgotten ids were most of what filled it.
+    /// Makes room: twice as large, or as large as it is when forgotten ids were most of what
+    /// filled it.
     fn grow(&mut self) {
         let remembered = self
             .ids
             .iter()
             .zip(&self.buckets)
-            .filter(|&(&id, &b)| id != EMPTY && b >= self.floor)
+            .filter(|&(&id, &b)| id != EMPTY && self.live(b))
             .count();
         let len = if remembered * 8 <= self.ids.len() * 3 {
             self.ids.len()
         } else {
             self.ids.len() * 2
         };
+        self.rebuild(len);
+    }
+
+    /// Rebuilds the table with `len` slots and the remembered ids only (no sweep is needed
+    /// after it).
+    fn rebuild(&mut self, len: usize) {
         let ids = std::mem::replace(&mut self.ids, vec![EMPTY; len]);
         let buckets = std::mem::replace(&mut self.buckets, vec![0; len]);
         let mask = len - 1;
         self.used = 0;
         for (id, b) in ids.into_iter().zip(buckets) {
-            if id == EMPTY || b < self.floor {
+            if id == EMPTY || !self.live(b) {
                 continue;
             }
             let mut i = self.home_slot(id);
@@ -161,6 +226,7 @@ impl Dedup {
         let floor = horizon.div_euclid(self.bucket_len);
         if floor > self.floor {
             self.floor = floor;
+            self.update_live_from();
             match self.sweep {
                 None => self.sweep = Some(0),
                 Some(_) => self.sweep_again = true,
@@ -176,7 +242,7 @@ impl Dedup {
         let end = (from + slots).min(self.ids.len());
         let mut i = from;
         while i < end {
-            if self.ids[i] != EMPTY && self.buckets[i] < self.floor {
+            if self.ids[i] != EMPTY && !self.live(self.buckets[i]) {
                 // Another id may move into slot `i`: look at it again.
                 self.remove(i);
             } else {
@@ -309,6 +375,55 @@ mod tests {
         for id in 701..=800 {
             assert!(!d.insert(1250, id), "{id} is remembered");
         }
+    }
+
+    #[test]
+    fn ids_spanning_more_buckets_than_an_offset_holds_are_never_forgotten_early() {
+        // Window 4: one bucket per millisecond. Without an expiry, or with one far behind
+        // (as with an `allowed_lateness` of many windows), the ids span 1,000 buckets.
+        for expire_first in [false, true] {
+            let mut d = Dedup::new(4);
+            if expire_first {
+                d.expire(4);
+            }
+            for t in 0..1000 {
+                assert!(d.insert(t, t as u64 + 1));
+            }
+            for t in 0..1000 {
+                assert!(!d.insert(t, t as u64 + 1), "id of {t} remembered");
+            }
+            d.expire(504);
+            for t in 500..1000 {
+                assert!(!d.insert(t, t as u64 + 1), "id of {t} within the window");
+            }
+            d.expire(2000);
+            for t in 0..1000 {
+                assert!(d.insert(2000, t as u64 + 1), "id of {t} forgotten at last");
+            }
+        }
+    }
+
+    #[test]
+    fn forgotten_ids_stay_forgotten_when_the_base_moves() {
+        let mut d = Dedup::new(1000);
+        assert!(d.insert(0, 1));
+        // 300 buckets on, bucket 0 is forgotten (not swept out yet), and the next id's
+        // bucket moves the base past it.
+        d.expire(300 * 250);
+        d.sweep = None;
+        assert!(d.insert(300 * 250, 2));
+        assert!(d.base > 0);
+        assert_eq!(d.len(), 2, "not swept out");
+        assert!(d.insert(300 * 250, 1), "still forgotten");
+        assert!(!d.insert(300 * 250, 2));
+        // The same when the next id is further on than an offset reaches from the floor
+        // (remembered ids may then span more than 256 buckets).
+        let mut d = Dedup::new(4);
+        assert!(d.insert(0, 1));
+        d.expire(10);
+        d.sweep = None;
+        assert!(d.insert(1000, 2));
+        assert!(d.insert(1000, 1), "still forgotten");
     }
 
     #[test]
