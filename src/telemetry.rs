@@ -227,12 +227,29 @@ struct Handles {
     histograms: HashMap<SeriesKey, Histogram>,
 }
 
-fn series<const N: usize>(name: &'static str, labels: &[(&'static str, &str); N]) -> SeriesKey {
-    let mut values: [CompactString; 4] = Default::default();
-    for (v, (_, l)) in values.iter_mut().zip(labels) {
-        *v = CompactString::from(*l);
+/// A series by borrowed label values: it hashes and compares as its [`SeriesKey`] does, so
+/// looking a series up builds no key (only registering a new one does).
+#[derive(Hash)]
+struct SeriesRef<'a>(&'static str, [&'a str; 4]);
+
+impl<'a> SeriesRef<'a> {
+    fn new<const N: usize>(name: &'static str, labels: &[(&'static str, &'a str); N]) -> Self {
+        let mut values = [""; 4];
+        for (v, (_, l)) in values.iter_mut().zip(labels) {
+            *v = l;
+        }
+        SeriesRef(name, values)
     }
-    (name, values)
+
+    fn to_key(&self) -> SeriesKey {
+        (self.0, self.1.map(CompactString::from))
+    }
+}
+
+impl hashbrown::Equivalent<SeriesKey> for SeriesRef<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        self.0 == key.0 && self.1.iter().zip(&key.1).all(|(a, b)| *a == b.as_str())
+    }
 }
 
 fn owned<const N: usize>(labels: &[(&'static str, &str); N]) -> Vec<Label> {
@@ -249,8 +266,13 @@ fn memoised<'m, H, const N: usize>(
     labels: [(&'static str, &str); N],
     register: impl FnOnce(&'static str, Vec<Label>) -> H,
 ) -> &'m H {
-    memo.entry(series(name, &labels))
-        .or_insert_with(|| register(name, owned(&labels)))
+    let series = SeriesRef::new(name, &labels);
+    match memo.entry_ref(&series) {
+        hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
+        hashbrown::hash_map::EntryRef::Vacant(e) => {
+            e.insert_with_key(series.to_key(), register(name, owned(&labels)))
+        }
+    }
 }
 
 impl Handles {
@@ -754,4 +776,39 @@ pub fn describe(catalog: &Catalog, output_topics: &[&str]) {
         counter!("cx_rebalances_total", "kind" => k).absolute(0);
     }
     gauge!("cx_shards").increment(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_series_is_registered_once_and_found_by_borrowed_labels() {
+        let mut memo: HashMap<SeriesKey, u32> = HashMap::new();
+        let mut registered = Vec::new();
+        let mut look = |memo: &mut HashMap<SeriesKey, u32>, journey: &str, step: &str| {
+            let labels = [("journey", journey), ("step", step)];
+            *memoised(memo, "cx_test", labels, |_, l| {
+                registered.push(l);
+                registered.len() as u32
+            })
+        };
+        assert_eq!(look(&mut memo, "checkout", "cart.view"), 1);
+        // Built from other strings with the same contents: found, not registered again.
+        let (journey, step) = (String::from("checkout"), String::from("cart.view"));
+        assert_eq!(look(&mut memo, &journey, &step), 1);
+        assert_eq!(look(&mut memo, "checkout", "checkout.start"), 2);
+        // Label values that shift between positions are another series.
+        assert_eq!(look(&mut memo, "checkoutcart.view", ""), 3);
+        assert_eq!(look(&mut memo, "checkout", "cart.view"), 1);
+        assert_eq!(memo.len(), 3);
+        assert_eq!(registered.len(), 3);
+        assert_eq!(
+            registered[0],
+            vec![
+                Label::new("journey", "checkout"),
+                Label::new("step", "cart.view")
+            ]
+        );
+    }
 }
