@@ -22,8 +22,8 @@ const RESOLUTION: Millis = 1000;
 /// Empty buckets probed one by one before searching the map for the next non-empty one.
 const SCAN_LIMIT: u32 = 4096;
 /// Emptied buckets kept for reuse, and the largest kept (in items).
-const SPARES: usize = 8;
-const SPARE_MAX_ITEMS: usize = 1 << 16;
+const SPARES: usize = 4;
+const SPARE_MAX_ITEMS: usize = 4096;
 
 /// Timer kinds: drop-off, or slow step on step `kind - 1`.
 pub(super) const DROP_OFF: u8 = 0;
