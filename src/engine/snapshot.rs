@@ -29,7 +29,7 @@ use prost::Message;
 use super::{Engine, Rules, Timer, DROP_OFF};
 use crate::alert::{AlertType, JourneyOutcome};
 use crate::event::{Millis, Survey, SurveyKind};
-use crate::journey::{Instance, InstanceExtra, Recent, StepState};
+use crate::journey::{EvidenceId, Instance, InstanceExtra, Recent, StepState};
 use crate::profile::{Closed, Profile, ProfileExtra};
 use crate::proto::state as pb;
 
@@ -637,7 +637,7 @@ fn instance_from(
         .collect();
     let mut recent = Recent::default();
     for (step, id) in s.recent_steps.iter().zip(s.recent_ids) {
-        recent.push(*step, id.into());
+        recent.push(*step, EvidenceId::new(&id));
     }
     let extra = (!(s.errors.is_empty() && s.surveys.is_empty())).then(|| {
         Box::new(InstanceExtra {

@@ -83,9 +83,11 @@ fn instance(buf: &mut Vec<u8>, i: &Instance, rules: &Rules) {
         buf.extend(i.steps.iter().map(|s| s.entries));
     }
     for (_, id) in i.recent.iter() {
-        encode_key(11, WireType::LengthDelimited, buf);
-        encode_varint(id.len() as u64, buf);
-        buf.extend_from_slice(id.as_bytes());
+        id.with_str(|id| {
+            encode_key(11, WireType::LengthDelimited, buf);
+            encode_varint(id.len() as u64, buf);
+            buf.extend_from_slice(id.as_bytes());
+        });
     }
     let recent = i.recent.iter().count();
     if recent > 0 {
