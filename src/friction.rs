@@ -198,8 +198,9 @@ pub fn build_alert(
     };
     let (score, factors, severity) = scorer.score(ty, step_weight, tier);
     let instance_id = inst.map(|i| i.id_string()).unwrap_or_default();
+    let profile_id = p.id.to_compact();
     let scope = if instance_id.is_empty() {
-        p.id.as_str()
+        profile_id.as_str()
     } else {
         instance_id.as_str()
     };
@@ -223,8 +224,12 @@ pub fn build_alert(
         severity,
         score,
         factors,
-        profile_id: p.id.clone(),
-        customer_id: p.customer_id().into(),
+        customer_id: if p.has_customer {
+            profile_id.clone()
+        } else {
+            CompactString::default()
+        },
+        profile_id,
         journey: def.map(|d| d.name.clone()).unwrap_or_default(),
         journey_instance_id: instance_id,
         step,
@@ -281,7 +286,7 @@ mod tests {
 
     #[test]
     fn cooldown_suppresses_per_type_and_touchpoint() {
-        let mut p = Profile::new("p".into(), false, 0);
+        let mut p = Profile::new("p", false, 0);
         assert!(cooldown_allows(
             &mut p,
             AlertType::RageClick,

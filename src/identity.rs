@@ -140,11 +140,11 @@ impl IdentityRules {
     }
 
     /// The id a new profile gets: its customer id, else its first anonymous identifier.
-    pub fn profile_id(e: &Event) -> CompactString {
+    pub fn profile_id(e: &Event) -> &str {
         e.customer_id
-            .clone()
-            .or_else(|| e.anonymous_id.clone())
-            .or_else(|| e.identities.first().map(|(_, v)| v.clone()))
+            .as_deref()
+            .or(e.anonymous_id.as_deref())
+            .or_else(|| e.identities.first().map(|(_, v)| v.as_str()))
             .unwrap_or_default()
     }
 }

@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 use crate::alert::{AlertType, JourneyOutcome, JourneySummary, StepTiming, SurveyScore};
 use crate::config::JourneySpec;
 use crate::event::{millis, Channel, ChannelSet, Millis, Survey};
+use crate::id::StoredId;
 
 /// How many recent activity event ids an instance keeps as evidence.
 pub const RECENT_EVENTS: usize = 3;
@@ -148,68 +149,13 @@ pub struct Instance {
     pub extra: Option<Box<InstanceExtra>>,
 }
 
-/// An event id kept as evidence. Many producers use UUIDs for event ids: 36 characters, too
-/// long for a `CompactString`'s 24 inline bytes, so each was an allocation of its own (~95
-/// bytes per open journey in the memory benchmark run with UUID ids). A lowercase hyphenated
-/// UUID is kept as its 16 bytes instead, inline; any other id as text. Either way it reads
-/// back exactly as it came.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EvidenceId {
-    Uuid([u8; 16]),
-    Text(CompactString),
-}
-
-impl Default for EvidenceId {
-    fn default() -> Self {
-        EvidenceId::Text(CompactString::default())
-    }
-}
-
-impl EvidenceId {
-    pub fn new(id: &str) -> EvidenceId {
-        if id.len() == 36 {
-            if let Ok(u) = uuid::Uuid::try_parse(id) {
-                // Only the form that formats back to the same text (not upper case).
-                let mut buf = [0u8; 36];
-                if u.hyphenated().encode_lower(&mut buf) == id {
-                    return EvidenceId::Uuid(*u.as_bytes());
-                }
-            }
-        }
-        EvidenceId::Text(id.into())
-    }
-
-    /// The id's text, handed to `f` (a UUID is written on the stack).
-    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        match self {
-            EvidenceId::Text(s) => f(s),
-            EvidenceId::Uuid(b) => {
-                let mut buf = [0u8; 36];
-                f(uuid::Uuid::from_bytes(*b)
-                    .hyphenated()
-                    .encode_lower(&mut buf))
-            }
-        }
-    }
-
-    pub fn to_compact(&self) -> CompactString {
-        self.with_str(|s| CompactString::from(s))
-    }
-}
-
-impl std::fmt::Display for EvidenceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.with_str(|s| f.write_str(s))
-    }
-}
-
 /// The latest activity events of an instance as (step, event id), oldest first. Inline: an
 /// instance's evidence costs no allocation of its own. A ring: once full, a push overwrites
 /// the oldest in place (rotating the ids cost a `memmove` call per activity event, ~1% of the
 /// engine's time at 1M profiles).
 #[derive(Debug, Clone, Default)]
 pub struct Recent {
-    ids: [EvidenceId; RECENT_EVENTS],
+    ids: [StoredId; RECENT_EVENTS],
     steps: [u8; RECENT_EVENTS],
     len: u8,
     /// Where the oldest is.
@@ -218,7 +164,7 @@ pub struct Recent {
 
 impl Recent {
     /// Appends an event, dropping the oldest when full.
-    pub fn push(&mut self, step: u8, id: EvidenceId) {
+    pub fn push(&mut self, step: u8, id: StoredId) {
         let (len, start) = (usize::from(self.len), usize::from(self.start));
         let i = if len == RECENT_EVENTS {
             self.start = ((start + 1) % RECENT_EVENTS) as u8;
@@ -231,7 +177,7 @@ impl Recent {
         self.steps[i] = step;
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u8, &EvidenceId)> {
+    pub fn iter(&self) -> impl Iterator<Item = (u8, &StoredId)> {
         (0..usize::from(self.len)).map(|k| {
             let i = (usize::from(self.start) + k) % RECENT_EVENTS;
             (self.steps[i], &self.ids[i])
@@ -336,7 +282,7 @@ impl Instance {
         if let Some(v) = value {
             self.value = v;
         }
-        self.recent.push(step, EvidenceId::new(event_id));
+        self.recent.push(step, StoredId::new(event_id));
         Activity {
             entered,
             first_entry,
@@ -491,7 +437,7 @@ step_sla = { b = "1m" }"#,
             } else {
                 format!("0000000{n}-7d1c-4b5e-9a2f-00000000000{n}")
             };
-            r.push(n, EvidenceId::new(&id));
+            r.push(n, StoredId::new(&id));
             pushed.push((n, id));
             let kept = &pushed[pushed.len().saturating_sub(RECENT_EVENTS)..];
             let got: Vec<_> = r.iter().map(|(s, id)| (s, id.to_string())).collect();
@@ -499,49 +445,13 @@ step_sla = { b = "1m" }"#,
             // The same events pushed into a fresh ring (starting elsewhere) are equal.
             let mut fresh = Recent::default();
             for (s, id) in kept {
-                fresh.push(*s, EvidenceId::new(id));
+                fresh.push(*s, StoredId::new(id));
             }
             assert_eq!(fresh, r);
         }
         let mut other = r.clone();
-        other.push(9, EvidenceId::new("e9"));
+        other.push(9, StoredId::new("e9"));
         assert_ne!(other, r);
-    }
-
-    #[test]
-    fn evidence_ids_read_back_as_they_came_and_uuids_stay_inline() {
-        assert_eq!(std::mem::size_of::<EvidenceId>(), 24);
-        let uuid = "3f2b8c1e-7d1c-4b5e-9a2f-0c4d5e6f7a8b";
-        assert!(matches!(EvidenceId::new(uuid), EvidenceId::Uuid(_)));
-        // Other spellings that parse as UUIDs are kept as text, so that they read back as is.
-        for id in [
-            "3F2B8C1E-7D1C-4B5E-9A2F-0C4D5E6F7A8B",
-            "3f2b8c1e7d1c4b5e9a2f0c4d5e6f7a8b",
-            "{3f2b8c1e-7d1c-4b5e-9a2f-0c4d5e6f7a8b}",
-            "urn:uuid:3f2b8c1e-7d1c-4b5e-9a2f-0c4d5e6f7a8b",
-            "3f2b8c1e-7d1c-4b5e-9a2f-0c4d5e6f7a8",
-            "e-1001",
-            "",
-        ] {
-            let e = EvidenceId::new(id);
-            assert!(matches!(e, EvidenceId::Text(_)), "{id}");
-            assert_eq!(e.to_string(), id);
-        }
-        assert_eq!(EvidenceId::new(uuid).to_compact(), uuid);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn evidence_ids_round_trip(
-            text in ".{0,40}",
-            bytes in proptest::prelude::any::<[u8; 16]>(),
-        ) {
-            proptest::prop_assert_eq!(EvidenceId::new(&text).to_string(), text);
-            let uuid = uuid::Uuid::from_bytes(bytes).hyphenated().to_string();
-            let e = EvidenceId::new(&uuid);
-            proptest::prop_assert_eq!(&e, &EvidenceId::Uuid(bytes));
-            proptest::prop_assert_eq!(e.to_string(), uuid);
-        }
     }
 
     #[test]

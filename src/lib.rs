@@ -30,6 +30,7 @@ pub mod demo;
 pub mod engine;
 pub mod event;
 pub mod friction;
+pub mod id;
 pub mod identity;
 pub mod journey;
 pub mod loadgen;

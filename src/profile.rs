@@ -2,6 +2,8 @@
 //! the short histories the profile-level detectors look back over.
 
 use compact_str::CompactString;
+
+use crate::id::StoredId;
 use smallvec::SmallVec;
 
 use crate::alert::JourneyOutcome;
@@ -44,7 +46,7 @@ pub struct ProfileExtra {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     /// The customer id once known, otherwise the first anonymous identifier.
-    pub id: CompactString,
+    pub id: StoredId,
     pub has_customer: bool,
     /// Latest segment and tier seen, as symbols (0 = none).
     pub segment: u16,
@@ -57,9 +59,9 @@ pub struct Profile {
 }
 
 impl Profile {
-    pub fn new(id: CompactString, has_customer: bool, t: Millis) -> Profile {
+    pub fn new(id: &str, has_customer: bool, t: Millis) -> Profile {
         Profile {
-            id,
+            id: StoredId::new(id),
             has_customer,
             segment: 0,
             tier: 0,
@@ -70,11 +72,12 @@ impl Profile {
         }
     }
 
-    pub fn customer_id(&self) -> &str {
+    /// The customer id once known, else empty.
+    pub fn customer_id(&self) -> CompactString {
         if self.has_customer {
-            &self.id
+            self.id.to_compact()
         } else {
-            ""
+            CompactString::default()
         }
     }
 

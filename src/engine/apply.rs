@@ -285,8 +285,8 @@ impl Engine {
                         let (seg, tier) = (symbols.name(p.segment), symbols.name(p.tier));
                         out.push(Output::Journey(c.inst.summary(
                             def,
-                            &p.id,
-                            p.customer_id(),
+                            &p.id.to_compact(),
+                            &p.customer_id(),
                             seg,
                             tier,
                             c.outcome,

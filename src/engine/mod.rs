@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::event::{millis, Event, Millis};
 use crate::friction::{build_alert, FrictionRules, Subject};
+use crate::id::StoredId;
 use crate::identity::{IdentityIndex, IdentityRules, Key, KeyKind, Symbols};
 use crate::journey::{Activity, Catalog};
 use crate::profile::Profile;
@@ -421,7 +422,7 @@ impl Engine {
         if let (Some(c), false) = (&e.customer_id, self.profile(primary).has_customer) {
             if customer.is_some() {
                 let p = self.profile_mut(primary);
-                p.id = c.clone();
+                p.id = StoredId::new(c);
                 p.has_customer = true;
             }
         }
@@ -693,8 +694,8 @@ fn close(
     let (seg, tier) = (symbols.name(p.segment), symbols.name(p.tier));
     out.push(Output::Journey(p.open[idx].summary(
         def,
-        &p.id,
-        p.customer_id(),
+        &p.id.to_compact(),
+        &p.customer_id(),
         seg,
         tier,
         outcome,

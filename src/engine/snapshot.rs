@@ -29,7 +29,8 @@ use prost::Message;
 use super::{Engine, Rules, Timer, DROP_OFF};
 use crate::alert::{AlertType, JourneyOutcome};
 use crate::event::{Millis, Survey, SurveyKind};
-use crate::journey::{EvidenceId, Instance, InstanceExtra, Recent, StepState};
+use crate::id::StoredId;
+use crate::journey::{Instance, InstanceExtra, Recent, StepState};
 use crate::profile::{Closed, Profile, ProfileExtra};
 use crate::proto::state as pb;
 
@@ -562,7 +563,7 @@ fn profile_from(
         }
     };
     let mut p = Profile {
-        id: s.id.into(),
+        id: StoredId::new(&s.id),
         has_customer: s.has_customer,
         segment: label(&s.segment),
         tier: label(&s.tier),
@@ -637,7 +638,7 @@ fn instance_from(
         .collect();
     let mut recent = Recent::default();
     for (step, id) in s.recent_steps.iter().zip(s.recent_ids) {
-        recent.push(*step, EvidenceId::new(&id));
+        recent.push(*step, StoredId::new(&id));
     }
     let extra = (!(s.errors.is_empty() && s.surveys.is_empty())).then(|| {
         Box::new(InstanceExtra {

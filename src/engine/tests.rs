@@ -757,3 +757,39 @@ fn in_a_large_shard_eviction_samples_and_takes_the_longest_idle_of_the_sample() 
     let newest = evicted.iter().max().expect("evictions");
     assert!(*newest < 750, "evicted c{newest}: {evicted:?}");
 }
+
+#[test]
+fn uuid_ids_come_out_exactly_as_they_went_in() {
+    // Lowercase UUIDs are kept packed (crate::id); an upper-case one as text. Both must read
+    // back unchanged in every output that carries them.
+    for customer in [
+        "3f2b8c1e-7d1c-4b5e-9a2f-0c4d5e6f7a8b",
+        "3F2B8C1E-7D1C-4B5E-9A2F-0C4D5E6F7A8B",
+    ] {
+        let mut r = Run::new(CONFIG);
+        let evs: Vec<Event> = checkout("anon", 0.0, 3)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut e)| {
+                e.event_id = format!("0000000{i}-aaaa-4bbb-8ccc-dddddddddddd").into();
+                e.customer_id = Some(customer.into());
+                e
+            })
+            .collect();
+        r.feed(evs).drain();
+        let d = r.of(AlertType::DropOff);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].profile_id, customer);
+        assert_eq!(d[0].customer_id, customer);
+        assert_eq!(
+            d[0].evidence,
+            (0..3)
+                .map(|i| format!("0000000{i}-aaaa-4bbb-8ccc-dddddddddddd"))
+                .collect::<Vec<_>>()
+        );
+        let j = r.journeys();
+        assert_eq!(j.len(), 1);
+        assert_eq!(j[0].profile_id, customer);
+        assert_eq!(j[0].customer_id, customer);
+    }
+}

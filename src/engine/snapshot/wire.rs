@@ -17,7 +17,7 @@ use crate::profile::Profile;
 
 /// Appends `p`'s `ProfileState` to `buf`.
 pub(super) fn profile(buf: &mut Vec<u8>, p: &Profile, rules: &Rules, symbols: &Symbols) {
-    string(buf, 1, &p.id);
+    p.id.with_str(|id| string(buf, 1, id));
     if p.has_customer {
         uint(buf, 2, 1);
     }
