@@ -79,9 +79,8 @@ pub(super) struct TimeQueue<T> {
     far: HashMap<Millis, Vec<T>>,
     next_bucket: Millis,
     far_len: usize,
-    /// Emptied buckets, for new ones: a bucket filled from empty grew by doubling, a
-    /// reallocation and a copy each time (~250 instructions per timer bucket's growth step,
-    /// 1.7% of the engine's instructions), on memory the allocator had often handed back.
+    /// Emptied buckets (a few small ones), for new ones: a bucket filled from empty grows by
+    /// doubling, a reallocation and a copy each time (~250 instructions a step).
     spare: Vec<Vec<T>>,
 }
 
