@@ -2,12 +2,11 @@
 //! the short histories the profile-level detectors look back over.
 
 use compact_str::CompactString;
-
-use crate::id::StoredId;
 use smallvec::SmallVec;
 
 use crate::alert::JourneyOutcome;
 use crate::event::Millis;
+use crate::id::StoredId;
 use crate::journey::Instance;
 
 /// How many closed instances a profile remembers (for escalation after a drop-off, and for
