@@ -198,7 +198,7 @@ pub fn build_alert(
     };
     let (score, factors, severity) = scorer.score(ty, step_weight, tier);
     let instance_id = inst.map(|i| i.id_string()).unwrap_or_default();
-    let profile_id = p.id.to_compact();
+    let (profile_id, customer_id) = p.output_ids();
     let scope = if instance_id.is_empty() {
         profile_id.as_str()
     } else {
@@ -224,12 +224,8 @@ pub fn build_alert(
         severity,
         score,
         factors,
-        customer_id: if p.has_customer {
-            profile_id.clone()
-        } else {
-            CompactString::default()
-        },
         profile_id,
+        customer_id,
         journey: def.map(|d| d.name.clone()).unwrap_or_default(),
         journey_instance_id: instance_id,
         step,

@@ -356,8 +356,7 @@ impl Instance {
     pub fn summary(
         &self,
         def: &JourneyDef,
-        profile_id: &str,
-        customer_id: &str,
+        (profile_id, customer_id): (CompactString, CompactString),
         segment: &str,
         tier: &str,
         outcome: JourneyOutcome,
@@ -393,8 +392,8 @@ impl Instance {
         JourneySummary {
             journey_instance_id: self.id_string(),
             journey: def.name.clone(),
-            profile_id: profile_id.into(),
-            customer_id: customer_id.into(),
+            profile_id,
+            customer_id,
             outcome,
             started_at: self.started,
             ended_at: ended,
@@ -509,7 +508,15 @@ step_sla = { b = "1m" }"#,
         assert_eq!(a.first_entry(1), Some(5000));
         assert!(a.has_fired(AlertType::RageClick));
         assert_eq!(a.channels.iter().count(), 2);
-        let s = a.summary(&d, "p", "", "", "", JourneyOutcome::Abandoned, 9000, 1);
+        let s = a.summary(
+            &d,
+            ("p".into(), "".into()),
+            "",
+            "",
+            JourneyOutcome::Abandoned,
+            9000,
+            1,
+        );
         assert_eq!(s.steps.len(), 2);
         assert_eq!(s.steps[0].seconds, Some(4.0));
         assert_eq!(s.furthest_step, "b");

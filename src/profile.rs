@@ -71,13 +71,16 @@ impl Profile {
         }
     }
 
-    /// The customer id once known, else empty.
-    pub fn customer_id(&self) -> CompactString {
-        if self.has_customer {
-            self.id.to_compact()
+    /// The ids an output carries: the profile id, and the customer id once known (else
+    /// empty). The id is written out once for both.
+    pub fn output_ids(&self) -> (CompactString, CompactString) {
+        let id = self.id.to_compact();
+        let customer = if self.has_customer {
+            id.clone()
         } else {
             CompactString::default()
-        }
+        };
+        (id, customer)
     }
 
     pub fn extra(&mut self) -> &mut ProfileExtra {

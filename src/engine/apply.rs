@@ -285,8 +285,7 @@ impl Engine {
                         let (seg, tier) = (symbols.name(p.segment), symbols.name(p.tier));
                         out.push(Output::Journey(c.inst.summary(
                             def,
-                            &p.id.to_compact(),
-                            &p.customer_id(),
+                            p.output_ids(),
                             seg,
                             tier,
                             c.outcome,

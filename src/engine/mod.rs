@@ -694,8 +694,7 @@ fn close(
     let (seg, tier) = (symbols.name(p.segment), symbols.name(p.tier));
     out.push(Output::Journey(p.open[idx].summary(
         def,
-        &p.id.to_compact(),
-        &p.customer_id(),
+        p.output_ids(),
         seg,
         tier,
         outcome,
