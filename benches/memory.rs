@@ -4,6 +4,9 @@
 //! Memory per open journey (profile included): `CXSTREAM_BENCH_PROFILES` customers (default
 //! 1,000,000) each log in and open a checkout (3 events), then the heap is measured.
 //!
+//! `CXSTREAM_BENCH_UUID_IDS=1`: event, customer and anonymous ids are 36-character UUIDs
+//! instead of short ids.
+//!
 //! Run: `cargo bench --bench memory`. Live heap bytes are counted by a wrapping global
 //! allocator around mimalloc (the binary's allocator); resident set size (RSS) growth is
 //! read from /proc for comparison.
@@ -53,12 +56,14 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let (heap0, rss0) = (LIVE.load(Relaxed), rss_bytes());
-    let engine = cxstream::sim::open_checkouts(n, false);
+    let uuid_ids = std::env::var_os("CXSTREAM_BENCH_UUID_IDS").is_some_and(|v| v == "1");
+    let engine = cxstream::sim::open_checkouts_with(n, false, uuid_ids);
     let open = engine.open_journeys();
     assert_eq!(open as u64, n);
     let heap = LIVE.load(Relaxed) - heap0;
     let rss = rss_bytes().saturating_sub(rss0);
-    println!("memory: {n} profiles, {open} open journeys");
+    let ids = if uuid_ids { "UUID" } else { "short" };
+    println!("memory: {n} profiles, {open} open journeys, {ids} ids");
     println!(
         "memory: live heap {} bytes = {:.0} bytes per open journey",
         heap,

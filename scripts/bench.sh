@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 cargo bench --bench engine
 cargo bench --bench memory
+CXSTREAM_BENCH_UUID_IDS=1 cargo bench --bench memory
 CXSTREAM_BENCH_PROFILES=10000000 cargo bench --bench memory
 cargo bench --bench restore
 # Longest time the engine holds a shard at 1M profiles (eviction at the cap, dedup expiry,

@@ -511,6 +511,12 @@ pub fn person_key(e: &Event) -> CompactString {
 /// memory and restore benchmarks measure; `tracked`: the engine records changes from the
 /// start (as the service's shards do), so its checkpoint holds the dedup window too.
 pub fn open_checkouts(n: u64, tracked: bool) -> crate::engine::Engine {
+    open_checkouts_with(n, tracked, false)
+}
+
+/// [`open_checkouts`], with the event, customer and anonymous ids as 36-character UUIDs
+/// when `uuid_ids` (as many producers send them) instead of short ids.
+pub fn open_checkouts_with(n: u64, tracked: bool, uuid_ids: bool) -> crate::engine::Engine {
     let mut config = crate::config::Config::example();
     config.engine.max_profiles = config.engine.max_profiles.max(n as usize);
     let mut engine = crate::engine::Engine::from_config(&config);
@@ -528,15 +534,28 @@ pub fn open_checkouts(n: u64, tracked: bool) -> crate::engine::Engine {
             ("checkout.start", Action::View),
         ] {
             id += 1;
+            let event_id = if uuid_ids {
+                format!("{id:08x}-5f3e-4c1a-9b2d-{c:012x}")
+            } else {
+                format!("e-{id:x}")
+            };
             let mut e = Event::new(
-                &format!("e-{id:x}"),
+                &event_id,
                 t0 + (id as i64) / per_ms,
                 Channel::Web,
                 tp,
                 action,
             );
-            e.customer_id = Some(format!("c-{c}").into());
-            e.anonymous_id = Some(format!("a-{c:x}-5f3e").into());
+            let (customer, anonymous) = if uuid_ids {
+                (
+                    format!("{c:08x}-1111-4c1a-9b2d-000000000000"),
+                    format!("{c:08x}-2222-4c1a-9b2d-000000000000"),
+                )
+            } else {
+                (format!("c-{c}"), format!("a-{c:x}-5f3e"))
+            };
+            e.customer_id = Some(customer.into());
+            e.anonymous_id = Some(anonymous.into());
             e.segment = Some("consumer".into());
             e.tier = Some("gold".into());
             engine.ingest(e, &mut out);
