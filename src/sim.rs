@@ -611,6 +611,18 @@ mod tests {
     }
 
     #[test]
+    fn open_checkouts_hold_one_profile_and_one_open_checkout_per_customer_whatever_the_ids() {
+        for uuid_ids in [false, true] {
+            let e = open_checkouts_with(300, false, uuid_ids);
+            assert_eq!(
+                (e.profile_count(), e.open_journeys()),
+                (300, 300),
+                "{uuid_ids}"
+            );
+        }
+    }
+
+    #[test]
     fn same_seed_same_events_and_time_order() {
         let cfg = SimConfig {
             customers: 50,
