@@ -50,8 +50,6 @@ pub struct Dedup {
     base: Millis,
     /// The latest bucket of an id recorded.
     top: Millis,
-    /// Offsets from this up are remembered: `floor - base`, clamped to `0..=256`.
-    live_from: u16,
     /// Slots holding an id: remembered ones, and forgotten ones not yet swept.
     used: usize,
     /// Ids of buckets below this are forgotten (some may still be in the table).
@@ -72,7 +70,6 @@ impl Dedup {
             buckets: vec![0; MIN_SLOTS],
             base: 0,
             top: Millis::MIN,
-            live_from: 0,
             used: 0,
             floor: Millis::MIN,
             sweep: None,
@@ -103,11 +100,7 @@ impl Dedup {
 
     /// Whether a slot's bucket offset is at or above the floor.
     fn live(&self, offset: u8) -> bool {
-        u16::from(offset) >= self.live_from
-    }
-
-    fn update_live_from(&mut self) {
-        self.live_from = self.floor.saturating_sub(self.base).clamp(0, 256) as u16;
+        self.base + Millis::from(offset) >= self.floor
     }
 
     /// Moves the base so that `bucket` fits in an offset, to the floor's bucket minus one
@@ -138,7 +131,6 @@ impl Dedup {
             }
         }
         self.base = base;
-        self.update_live_from();
     }
 
     /// Records `id` at event time `t`; false if it was already seen.
@@ -226,7 +218,6 @@ impl Dedup {
         let floor = horizon.div_euclid(self.bucket_len);
         if floor > self.floor {
             self.floor = floor;
-            self.update_live_from();
             match self.sweep {
                 None => self.sweep = Some(0),
                 Some(_) => self.sweep_again = true,
