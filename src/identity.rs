@@ -74,22 +74,28 @@ impl IdentityRules {
             .any(|n| n.eq_ignore_ascii_case(value))
     }
 
-    /// The event's identifiers in key order (customer first, then anonymous, then other
-    /// identities in kind order), each with its hash seed, kind prefix and kind.
-    fn identifiers(e: &Event) -> impl Iterator<Item = (u64, &str, &str, KeyKind)> {
-        let customer = e
-            .customer_id
-            .iter()
-            .map(|c| (1, "", c.as_str(), KeyKind::Customer));
-        let anonymous = e
-            .anonymous_id
-            .iter()
-            .map(|a| (2, "", a.as_str(), KeyKind::Anonymous));
-        let others = e
-            .identities
-            .iter()
-            .map(|(k, v)| (3, k.as_str(), v.as_str(), KeyKind::Other));
-        customer.chain(anonymous).chain(others)
+    /// Calls `f` with the event's identifiers in key order (customer first, then anonymous,
+    /// then other identities in kind order), each with its hash seed, kind prefix and kind,
+    /// until `f` returns false. (A chain of iterators cost ~100 instructions an event more.)
+    fn each_identifier<'e>(
+        e: &'e Event,
+        mut f: impl FnMut(u64, &'e str, &'e str, KeyKind) -> bool,
+    ) {
+        if let Some(c) = &e.customer_id {
+            if !f(1, "", c, KeyKind::Customer) {
+                return;
+            }
+        }
+        if let Some(a) = &e.anonymous_id {
+            if !f(2, "", a, KeyKind::Anonymous) {
+                return;
+            }
+        }
+        for (k, v) in &e.identities {
+            if !f(3, k, v, KeyKind::Other) {
+                return;
+            }
+        }
     }
 
     /// The identity's kind seeds the value's hash: "device_id"/"x" and "email"/"x" differ.
@@ -117,7 +123,7 @@ impl IdentityRules {
     fn fill_keys(&self, e: &Event, mut first: Option<u64>, out: &mut Vec<Key>) -> u32 {
         out.clear();
         let mut stopped = 0;
-        for (seed, prefix, value, kind) in Self::identifiers(e) {
+        Self::each_identifier(e, |seed, prefix, value, kind| {
             if self.linkable(value) {
                 let hash = first
                     .take()
@@ -127,16 +133,22 @@ impl IdentityRules {
             } else {
                 stopped += 1;
             }
-        }
+            true
+        });
         stopped
     }
 
     /// The hash of the first of [`IdentityRules::keys`]: the one an event's profile is
     /// looked up by. `None` when no identifier is linkable.
     pub fn first_key(&self, e: &Event) -> Option<u64> {
-        Self::identifiers(e)
-            .find(|(_, _, value, _)| self.linkable(value))
-            .map(|(seed, prefix, value, _)| Self::hash(seed, prefix, value))
+        let mut key = None;
+        Self::each_identifier(e, |seed, prefix, value, _| {
+            if self.linkable(value) {
+                key = Some(Self::hash(seed, prefix, value));
+            }
+            key.is_none()
+        });
+        key
     }
 
     /// The id a new profile gets: its customer id, else its first anonymous identifier.
