@@ -301,6 +301,41 @@ mod wire {
         }
     }
 
+    /// A string field's key is one byte as every encoder writes it, and the reader matches
+    /// that byte whole; a key written in more bytes (valid protobuf) must read the same.
+    #[test]
+    fn string_fields_with_overlong_keys_read_as_prost_reads_them() {
+        let m = proto::InteractionEvent {
+            event_id: "e-1".into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_795_000_000,
+                nanos: 0,
+            }),
+            customer_id: "c-1".into(),
+            channel: "web".into(),
+            touchpoint: "home".into(),
+            action: "view".into(),
+            ..Default::default()
+        };
+        let canonical = m.encode_to_vec();
+        // Rewrite each one-byte key k as the two-byte varint [k | 0x80, 0x00].
+        let mut overlong = Vec::new();
+        let mut rest = canonical.as_slice();
+        while let Some((&k, tail)) = rest.split_first() {
+            overlong.extend_from_slice(&[k | 0x80, 0x00]);
+            let (len, body) = tail.split_first().unwrap();
+            overlong.push(*len);
+            overlong.extend_from_slice(&body[..usize::from(*len)]);
+            rest = &body[usize::from(*len)..];
+        }
+        assert_ne!(overlong, canonical);
+        assert_eq!(proto::InteractionEvent::decode(overlong.as_slice()).unwrap(), m);
+        assert_eq!(
+            decode_protobuf(&overlong).unwrap(),
+            decode_protobuf(&canonical).unwrap()
+        );
+    }
+
     #[test]
     fn map_keys_repeat_last_wins() {
         let mut m = proto::InteractionEvent {

@@ -495,7 +495,9 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Event, Reject> {
             ),
         ));
     }
-    wire::parse_event(bytes)?.validate()
+    let mut raw = Raw::default();
+    wire::parse_event(bytes, &mut raw)?;
+    raw.validate()
 }
 
 // ---------------------------------------------------------------- encoding (for producers, tests, simulator)

@@ -152,32 +152,61 @@ fn map_entry<'a>(mut buf: &'a [u8], name: &str) -> Result<(Cow<'a, str>, Cow<'a,
     Ok((k, v))
 }
 
-/// Parses the wire bytes into raw fields; validation is shared with JSON.
-pub(super) fn parse_event(mut buf: &[u8]) -> Result<Raw<'_>, Reject> {
-    let mut raw = Raw::default();
+/// A field's name (for error messages), `None` for a field we do not read.
+fn field_name(field: u64) -> Option<&'static str> {
+    Some(match field {
+        1 => "event_id",
+        2 => "occurred_at",
+        3 => "customer_id",
+        4 => "anonymous_id",
+        5 => "identities",
+        6 => "channel",
+        7 => "touchpoint",
+        8 => "action",
+        9 => "outcome",
+        10 => "error_code",
+        11 => "survey",
+        12 => "value",
+        13 => "segment",
+        14 => "tier",
+        15 => "attributes",
+        _ => return None,
+    })
+}
+
+/// Parses the wire bytes into `raw` (in place: returned by value, the raw fields, a few
+/// hundred bytes, were copied on the way out); validation is shared with JSON.
+pub(super) fn parse_event<'a>(mut buf: &'a [u8], raw: &mut Raw<'a>) -> Result<(), Reject> {
     let mut ts: Option<(i64, i32)> = None;
-    while !buf.is_empty() {
+    while let Some((&tag, rest)) = buf.split_first() {
+        // A string field's key, as every encoder writes it, is one byte (field number << 3 |
+        // length-delimited): matched whole, it needs no key decoding, naming or wire-type
+        // check. Any other key (other fields, or a key written in more bytes) goes below.
+        let text = match tag {
+            0x0a => Some(&mut raw.event_id),
+            0x1a => Some(&mut raw.customer_id),
+            0x22 => Some(&mut raw.anonymous_id),
+            0x32 => Some(&mut raw.channel),
+            0x3a => Some(&mut raw.touchpoint),
+            0x42 => Some(&mut raw.action),
+            0x4a => Some(&mut raw.outcome),
+            0x52 => Some(&mut raw.error_code),
+            0x6a => Some(&mut raw.segment),
+            0x72 => Some(&mut raw.tier),
+            _ => None,
+        };
+        if let Some(slot) = text {
+            buf = rest;
+            *slot = string(
+                &mut buf,
+                field_name(u64::from(tag >> 3)).unwrap_or_default(),
+            )?;
+            continue;
+        }
         let (field, w) = key(&mut buf)?;
-        let name = match field {
-            1 => "event_id",
-            2 => "occurred_at",
-            3 => "customer_id",
-            4 => "anonymous_id",
-            5 => "identities",
-            6 => "channel",
-            7 => "touchpoint",
-            8 => "action",
-            9 => "outcome",
-            10 => "error_code",
-            11 => "survey",
-            12 => "value",
-            13 => "segment",
-            14 => "tier",
-            15 => "attributes",
-            _ => {
-                skip(&mut buf, w, field)?;
-                continue;
-            }
+        let Some(name) = field_name(field) else {
+            skip(&mut buf, w, field)?;
+            continue;
         };
         if field == 12 {
             expect(w, FIXED64, name)?;
@@ -282,5 +311,5 @@ pub(super) fn parse_event(mut buf: &[u8]) -> Result<Raw<'_>, Reject> {
             )),
         }
     });
-    Ok(raw)
+    Ok(())
 }
