@@ -329,7 +329,10 @@ mod wire {
             rest = &body[usize::from(*len)..];
         }
         assert_ne!(overlong, canonical);
-        assert_eq!(proto::InteractionEvent::decode(overlong.as_slice()).unwrap(), m);
+        assert_eq!(
+            proto::InteractionEvent::decode(overlong.as_slice()).unwrap(),
+            m
+        );
         assert_eq!(
             decode_protobuf(&overlong).unwrap(),
             decode_protobuf(&canonical).unwrap()
