@@ -125,42 +125,54 @@ struct Raw<'a> {
     attribute_count: usize,
 }
 
+// The checks below are inlined into `validate`, once per field; their errors are built out
+// of line to keep them small (as in the wire reader).
+#[inline(always)]
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), Reject> {
     if value.len() > max {
-        return Err(Reject::new(
-            RejectReason::Oversized,
-            format!(
-                "field `{field}` is {} bytes, the limit is {max}",
-                value.len()
-            ),
-        ));
+        return Err(oversized(field, value.len(), max));
     }
     Ok(())
 }
 
+#[cold]
+#[inline(never)]
+fn oversized(field: &str, len: usize, max: usize) -> Reject {
+    Reject::new(
+        RejectReason::Oversized,
+        format!("field `{field}` is {len} bytes, the limit is {max}"),
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn missing(field: &str) -> Reject {
+    Reject::new(
+        RejectReason::MissingField,
+        format!("required field `{field}` is missing or empty"),
+    )
+}
+
+#[inline(always)]
 fn required(field: &str, value: Cow<'_, str>, max: usize) -> Result<CompactString, Reject> {
     if value.is_empty() {
-        return Err(Reject::new(
-            RejectReason::MissingField,
-            format!("required field `{field}` is missing or empty"),
-        ));
+        return Err(missing(field));
     }
     check_len(field, &value, max)?;
     Ok(to_compact(value))
 }
 
 /// A required label that is only parsed (into an enum), never kept: no copy.
+#[inline(always)]
 fn required_label<'s>(field: &str, value: &'s str) -> Result<&'s str, Reject> {
     if value.is_empty() {
-        return Err(Reject::new(
-            RejectReason::MissingField,
-            format!("required field `{field}` is missing or empty"),
-        ));
+        return Err(missing(field));
     }
     check_len(field, value, MAX_TEXT_BYTES)?;
     Ok(value)
 }
 
+#[inline(always)]
 fn optional(field: &str, value: Cow<'_, str>, max: usize) -> Result<Option<CompactString>, Reject> {
     if value.is_empty() {
         return Ok(None);
@@ -169,6 +181,7 @@ fn optional(field: &str, value: Cow<'_, str>, max: usize) -> Result<Option<Compa
     Ok(Some(to_compact(value)))
 }
 
+#[inline(always)]
 fn to_compact(value: Cow<'_, str>) -> CompactString {
     match value {
         Cow::Borrowed(s) => CompactString::new(s),
