@@ -97,6 +97,10 @@ impl Profile {
         let closed = &mut self.extra().closed;
         if closed.len() == CLOSED_KEEP {
             closed.remove(0);
+        } else if closed.len() == closed.capacity() {
+            // Grown one at a time: most profiles close one or two journeys, and a vector's
+            // first push reserves room for four (~770 bytes).
+            closed.reserve_exact(1);
         }
         closed.push(Closed {
             inst,
@@ -145,5 +149,30 @@ impl Profile {
             e.cooldowns.extend(o.cooldowns);
         }
         moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::JourneySpec;
+    use crate::journey::Catalog;
+
+    /// A closed list is allocated for what it holds: a vector's first push reserved room for
+    /// four closed journeys (~770 bytes), most of it never used by profiles that close one.
+    #[test]
+    fn the_closed_list_grows_one_at_a_time_up_to_its_bound() {
+        let spec: JourneySpec = toml::from_str("name = \"j\"\nsteps = [\"a\", \"b\"]").unwrap();
+        let def = Catalog::new(&[spec]).journeys.remove(0);
+        let mut p = Profile::new("c-1", true, 0);
+        for k in 0..6u64 {
+            p.open.push(Instance::open(&def, 0, k, k as Millis));
+            p.close(0, JourneyOutcome::Completed, k as Millis);
+            let held = (k as usize + 1).min(CLOSED_KEEP);
+            assert_eq!(p.closed().len(), held);
+            assert_eq!(p.extra.as_ref().map(|e| e.closed.capacity()), Some(held));
+            // The oldest is dropped first.
+            assert_eq!(p.closed()[0].inst.id, k + 1 - held as u64);
+        }
     }
 }
