@@ -7,6 +7,10 @@
 //! `CXSTREAM_BENCH_UUID_IDS=1`: event, customer and anonymous ids are 36-character UUIDs
 //! instead of short ids.
 //!
+//! `CXSTREAM_BENCH_SCENARIO=traffic`: instead, the simulator's mix of traffic for that many
+//! customers, run until nine in ten have a profile (the engine benchmark's state): profiles
+//! then also hold closed journeys and detector history, as a service's do after a while.
+//!
 //! Run: `cargo bench --bench memory`. Live heap bytes are counted by a wrapping global
 //! allocator around mimalloc (the binary's allocator); resident set size (RSS) growth is
 //! read from /proc for comparison.
@@ -57,13 +61,30 @@ fn main() {
         .unwrap_or(1_000_000);
     let (heap0, rss0) = (LIVE.load(Relaxed), rss_bytes());
     let uuid_ids = std::env::var_os("CXSTREAM_BENCH_UUID_IDS").is_some_and(|v| v == "1");
-    let engine = cxstream::sim::open_checkouts_with(n, false, uuid_ids);
-    let open = engine.open_journeys();
-    assert_eq!(open as u64, n);
+    let traffic = std::env::var_os("CXSTREAM_BENCH_SCENARIO").is_some_and(|v| v == "traffic");
+    let engine = if traffic {
+        cxstream::sim::warmed(n).0
+    } else {
+        let engine = cxstream::sim::open_checkouts_with(n, false, uuid_ids);
+        assert_eq!(engine.open_journeys() as u64, n);
+        engine
+    };
+    let (profiles, open) = (engine.profile_count(), engine.open_journeys());
     let heap = LIVE.load(Relaxed) - heap0;
     let rss = rss_bytes().saturating_sub(rss0);
-    let ids = if uuid_ids { "UUID" } else { "short" };
-    println!("memory: {n} profiles, {open} open journeys, {ids} ids");
+    let what = match (traffic, uuid_ids) {
+        (true, _) => "the simulator's traffic",
+        (false, true) => "one open checkout each, UUID ids",
+        (false, false) => "one open checkout each, short ids",
+    };
+    println!("memory: {profiles} profiles, {open} open journeys ({what})");
+    if traffic {
+        println!(
+            "memory: live heap {} bytes = {:.0} bytes per profile",
+            heap,
+            heap as f64 / profiles as f64
+        );
+    }
     println!(
         "memory: live heap {} bytes = {:.0} bytes per open journey",
         heap,

@@ -9,6 +9,7 @@ cargo bench --bench engine
 cargo bench --bench memory
 CXSTREAM_BENCH_UUID_IDS=1 cargo bench --bench memory
 CXSTREAM_BENCH_PROFILES=10000000 cargo bench --bench memory
+CXSTREAM_BENCH_SCENARIO=traffic cargo bench --bench memory
 cargo bench --bench restore
 # Longest time the engine holds a shard at 1M profiles (eviction at the cap, dedup expiry,
 # the idle-profile sweep).
