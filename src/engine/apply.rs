@@ -107,9 +107,6 @@ impl Engine {
                 Some(i) => i,
                 None if def.is_entry(s) => {
                     let id = xxh3_64_with_seed(e.event_id.as_bytes(), xxh3_64(def.name.as_bytes()));
-                    if p.open.capacity() == p.open.len() {
-                        p.open.reserve_exact(1);
-                    }
                     p.open.push(Instance::open(def, j, id, t));
                     stats.journeys_started += 1;
                     stats.started_by_journey[usize::from(j)] += 1;

@@ -31,7 +31,7 @@ use crate::alert::{AlertType, JourneyOutcome};
 use crate::event::{Millis, Survey, SurveyKind};
 use crate::id::StoredId;
 use crate::journey::{Instance, InstanceExtra, Recent, StepState};
-use crate::profile::{Closed, Profile, ProfileExtra};
+use crate::profile::{Closed, OpenList, Profile, ProfileExtra};
 use crate::proto::state as pb;
 
 /// Most event ids in one dedup batch record (~18 bytes each encoded: ~360 KB).
@@ -569,15 +569,17 @@ fn profile_from(
         tier: label(&s.tier),
         last_seen: s.last_seen,
         keys: s.keys.into(),
-        open: Vec::with_capacity(s.open.len()),
+        open: OpenList::default(),
         extra: None,
     };
+    let mut open = Vec::with_capacity(s.open.len());
     for i in s.open {
         match instance_from(i, journeys, rules) {
-            Some(i) => p.open.push(i),
+            Some(i) => open.push(i),
             None => dropped += 1,
         }
     }
+    p.open = open.into();
     let has_extra = !(s.closed.is_empty()
         && s.contacts.is_empty()
         && s.clicks.is_empty()

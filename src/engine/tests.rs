@@ -691,7 +691,8 @@ fn state_structs_stay_small() {
     );
     // Steps are inline up to five (no allocation of their own): 144 bytes + a 40-byte box before.
     assert!(std::mem::size_of::<Instance>() <= 176);
-    assert!(std::mem::size_of::<Option<Profile>>() <= 112);
+    // Three identifier keys inline, open instances behind a 16-byte boxed slice.
+    assert!(std::mem::size_of::<Option<Profile>>() <= 96);
 }
 
 #[test]
