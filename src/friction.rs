@@ -12,7 +12,7 @@ use crate::config::{FrictionSection, NegativeFeedback};
 use crate::event::{millis, Event, Millis, Survey, SurveyKind};
 use crate::identity::Symbols;
 use crate::journey::{Instance, JourneyDef};
-use crate::profile::Profile;
+use crate::profile::{push_exact, Profile};
 
 /// A count-within-window threshold in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -97,7 +97,7 @@ pub fn count_keyed(
     th: Threshold,
 ) -> Option<Vec<CompactString>> {
     history.retain(|(_, at, _)| *at > t - th.within);
-    history.push((key, t, id.clone()));
+    push_exact(history, (key, t, id.clone()));
     let ids: Vec<CompactString> = history
         .iter()
         .filter(|(k, _, _)| *k == key)
@@ -114,7 +114,7 @@ pub fn count_window(
     th: Threshold,
 ) -> Option<Vec<CompactString>> {
     history.retain(|(at, _)| *at > t - th.within);
-    history.push((t, id.clone()));
+    push_exact(history, (t, id.clone()));
     (history.len() >= th.count).then(|| history.iter().map(|(_, id)| id.clone()).collect())
 }
 
@@ -133,7 +133,7 @@ pub fn cooldown_allows(
     if list.iter().any(|(k, _)| *k == key) {
         return false;
     }
-    list.push((key, t.saturating_add(cooldown)));
+    push_exact(list, (key, t.saturating_add(cooldown)));
     true
 }
 

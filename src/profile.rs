@@ -78,6 +78,16 @@ impl<'a> IntoIterator for &'a OpenList {
     }
 }
 
+/// Appends to one of a profile's short lists (closed journeys, detector histories), growing it
+/// one entry at a time: most profiles' lists hold one or two entries, and a vector's first
+/// push reserves room for four (for closed journeys, ~770 bytes).
+pub(crate) fn push_exact<T>(list: &mut Vec<T>, item: T) {
+    if list.len() == list.capacity() {
+        list.reserve_exact(1);
+    }
+    list.push(item);
+}
+
 /// A journey instance after it closed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Closed {
@@ -157,17 +167,16 @@ impl Profile {
         let closed = &mut self.extra().closed;
         if closed.len() == CLOSED_KEEP {
             closed.remove(0);
-        } else if closed.len() == closed.capacity() {
-            // Grown one at a time: most profiles close one or two journeys, and a vector's
-            // first push reserves room for four (~770 bytes).
-            closed.reserve_exact(1);
         }
-        closed.push(Closed {
-            inst,
-            outcome,
-            ended,
-            revision: 1,
-        });
+        push_exact(
+            closed,
+            Closed {
+                inst,
+                outcome,
+                ended,
+                revision: 1,
+            },
+        );
     }
 
     /// Merges `other` into this profile. Returns the ids of instances whose timers must be
@@ -216,12 +225,16 @@ impl Profile {
 mod tests {
     use super::*;
     use crate::config::JourneySpec;
-    use crate::journey::Catalog;
+    use crate::journey::{Catalog, JourneyDef};
+
+    fn def() -> JourneyDef {
+        let spec: JourneySpec = toml::from_str("name = \"j\"\nsteps = [\"a\", \"b\"]").unwrap();
+        Catalog::new(&[spec]).journeys.remove(0)
+    }
 
     #[test]
     fn the_open_list_pushes_and_swap_removes_as_a_vector_does() {
-        let spec: JourneySpec = toml::from_str("name = \"j\"\nsteps = [\"a\", \"b\"]").unwrap();
-        let def = Catalog::new(&[spec]).journeys.remove(0);
+        let def = def();
         let mut open = OpenList::default();
         let mut v = Vec::new();
         for id in 0..4 {
@@ -240,8 +253,7 @@ mod tests {
     /// four closed journeys (~770 bytes), most of it never used by profiles that close one.
     #[test]
     fn the_closed_list_grows_one_at_a_time_up_to_its_bound() {
-        let spec: JourneySpec = toml::from_str("name = \"j\"\nsteps = [\"a\", \"b\"]").unwrap();
-        let def = Catalog::new(&[spec]).journeys.remove(0);
+        let def = def();
         let mut p = Profile::new("c-1", true, 0);
         for k in 0..6u64 {
             p.open.push(Instance::open(&def, 0, k, k as Millis));
