@@ -128,7 +128,7 @@ pub fn cooldown_allows(
     cooldown: Millis,
 ) -> bool {
     let key = touchpoint_key(touchpoint, None) ^ (ty as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let list = &mut p.extra().cooldowns;
+    let list = &mut p.extra().history().cooldowns;
     list.retain(|(_, until)| *until > t);
     if list.iter().any(|(k, _)| *k == key) {
         return false;

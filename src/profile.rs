@@ -102,6 +102,21 @@ pub struct Closed {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProfileExtra {
     pub closed: Vec<Closed>,
+    /// The detectors' histories, allocated on first use too: in the simulator's traffic, 63%
+    /// of the profiles with extra state had closed journeys only (and carried four empty
+    /// vectors, 96 bytes).
+    pub history: Option<Box<History>>,
+}
+
+impl ProfileExtra {
+    pub fn history(&mut self) -> &mut History {
+        self.history.get_or_insert_with(Default::default)
+    }
+}
+
+/// What the profile-level detectors look back over.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
     /// `contact` actions for repeat_contact: (time, event id).
     pub contacts: Vec<(Millis, CompactString)>,
     /// Recent clicks for rage_click: (touchpoint+element key, time, event id).
@@ -209,13 +224,16 @@ impl Profile {
             e.closed.sort_by_key(|c| (c.ended, c.inst.id));
             let drop = e.closed.len().saturating_sub(CLOSED_KEEP);
             e.closed.drain(..drop);
-            e.contacts.extend(o.contacts);
-            e.contacts.sort();
-            e.clicks.extend(o.clicks);
-            e.clicks.sort_by_key(|c| c.1);
-            e.loose_errors.extend(o.loose_errors);
-            e.loose_errors.sort_by_key(|c| c.1);
-            e.cooldowns.extend(o.cooldowns);
+            if let Some(o) = o.history {
+                let h = e.history();
+                h.contacts.extend(o.contacts);
+                h.contacts.sort();
+                h.clicks.extend(o.clicks);
+                h.clicks.sort_by_key(|c| c.1);
+                h.loose_errors.extend(o.loose_errors);
+                h.loose_errors.sort_by_key(|c| c.1);
+                h.cooldowns.extend(o.cooldowns);
+            }
         }
         moved
     }

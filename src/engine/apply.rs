@@ -172,7 +172,13 @@ impl Engine {
         // Friction outside any journey: errors on a touchpoint no open instance has as a step.
         if let (Some(th), true, true) = (fr.repeated_error, e.is_error(), touched.is_empty()) {
             let key = friction::touchpoint_key(&e.touchpoint, None);
-            let hit = friction::count_keyed(&mut p.extra().loose_errors, key, t, &e.event_id, th);
+            let hit = friction::count_keyed(
+                &mut p.extra().history().loose_errors,
+                key,
+                t,
+                &e.event_id,
+                th,
+            );
             if let Some(ev) = hit.filter(|_| {
                 friction::cooldown_allows(
                     p,
@@ -191,7 +197,8 @@ impl Engine {
         if let (Some(th), Action::Click) = (fr.rage_click, e.action) {
             let key =
                 friction::touchpoint_key(&e.touchpoint, Some(e.element.as_deref().unwrap_or("")));
-            if let Some(ev) = friction::count_keyed(&mut p.extra().clicks, key, t, &e.event_id, th)
+            if let Some(ev) =
+                friction::count_keyed(&mut p.extra().history().clicks, key, t, &e.event_id, th)
             {
                 if touched.is_empty() {
                     if friction::cooldown_allows(
@@ -219,8 +226,10 @@ impl Engine {
 
         // repeat_contact: contacts by the profile across journeys; the count restarts after an alert.
         if let (Some(th), Action::Contact) = (fr.repeat_contact, e.action) {
-            if let Some(ev) = friction::count_window(&mut p.extra().contacts, t, &e.event_id, th) {
-                p.extra().contacts.clear();
+            if let Some(ev) =
+                friction::count_window(&mut p.extra().history().contacts, t, &e.event_id, th)
+            {
+                p.extra().history().contacts.clear();
                 let subject = Subject::outside(e);
                 alert(p, AlertType::RepeatContact, subject, t, ev, out);
             }

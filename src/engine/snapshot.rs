@@ -31,7 +31,7 @@ use crate::alert::{AlertType, JourneyOutcome};
 use crate::event::{Millis, Survey, SurveyKind};
 use crate::id::StoredId;
 use crate::journey::{Instance, InstanceExtra, Recent, StepState};
-use crate::profile::{Closed, OpenList, Profile, ProfileExtra};
+use crate::profile::{Closed, History, OpenList, Profile, ProfileExtra};
 use crate::proto::state as pb;
 
 /// Most event ids in one dedup batch record (~18 bytes each encoded: ~360 KB).
@@ -580,12 +580,11 @@ fn profile_from(
         }
     }
     p.open = open.into();
-    let has_extra = !(s.closed.is_empty()
-        && s.contacts.is_empty()
+    let has_history = !(s.contacts.is_empty()
         && s.clicks.is_empty()
         && s.loose_errors.is_empty()
         && s.cooldowns.is_empty());
-    if has_extra {
+    if has_history || !s.closed.is_empty() {
         let e = ProfileExtra {
             closed: s
                 .closed
@@ -600,22 +599,26 @@ fn profile_from(
                     })
                 })
                 .collect(),
-            contacts: s
-                .contacts
-                .into_iter()
-                .map(|c| (c.time, c.event_id.into()))
-                .collect(),
-            clicks: s
-                .clicks
-                .into_iter()
-                .map(|c| (c.key, c.time, c.event_id.into()))
-                .collect(),
-            loose_errors: s
-                .loose_errors
-                .into_iter()
-                .map(|c| (c.key, c.time, c.event_id.into()))
-                .collect(),
-            cooldowns: s.cooldowns.into_iter().map(|c| (c.key, c.time)).collect(),
+            history: has_history.then(|| {
+                Box::new(History {
+                    contacts: s
+                        .contacts
+                        .into_iter()
+                        .map(|c| (c.time, c.event_id.into()))
+                        .collect(),
+                    clicks: s
+                        .clicks
+                        .into_iter()
+                        .map(|c| (c.key, c.time, c.event_id.into()))
+                        .collect(),
+                    loose_errors: s
+                        .loose_errors
+                        .into_iter()
+                        .map(|c| (c.key, c.time, c.event_id.into()))
+                        .collect(),
+                    cooldowns: s.cooldowns.into_iter().map(|c| (c.key, c.time)).collect(),
+                })
+            }),
         };
         p.extra = Some(Box::new(e));
     }

@@ -97,7 +97,8 @@ impl Engine {
             }
             if let Some(x) = &p.extra {
                 let closed = x.closed.first().map_or(0, |c| c.ended as u64);
-                sum = sum.wrapping_add(closed ^ x.clicks.len() as u64);
+                let clicks = x.history.as_ref().map_or(0, |h| h.clicks.len());
+                sum = sum.wrapping_add(closed ^ clicks as u64);
             }
         }
         black_box(sum);

@@ -375,6 +375,8 @@ fn prost_profile(
                 revision: c.revision,
             })
             .collect();
+    }
+    if let Some(e) = p.extra.as_ref().and_then(|e| e.history.as_ref()) {
         s.contacts = e
             .contacts
             .iter()

@@ -45,15 +45,18 @@ pub(super) fn profile(buf: &mut Vec<u8>, p: &Profile, rules: &Rules, symbols: &S
             uint(buf, 4, u64::from(c.revision));
         });
     }
-    for (t, id) in &e.contacts {
+    let Some(h) = &e.history else {
+        return;
+    };
+    for (t, id) in &h.contacts {
         stamp(buf, 9, 0, *t, id);
     }
-    for (field, list) in [(10, &e.clicks), (11, &e.loose_errors)] {
+    for (field, list) in [(10, &h.clicks), (11, &h.loose_errors)] {
         for (k, t, id) in list {
             stamp(buf, field, *k, *t, id);
         }
     }
-    for (k, until) in &e.cooldowns {
+    for (k, until) in &h.cooldowns {
         stamp(buf, 12, *k, *until, "");
     }
 }
