@@ -223,17 +223,23 @@ fn sort_latest_first<T: Timed>(
             .filter(|&d| d < MS)
             .map(|d| MS - 1 - d)
     };
+    let by_comparison = |mut items: Vec<T>, spare| {
+        items.sort_unstable_by(|a: &T, b: &T| b.cmp(a));
+        (items, spare)
+    };
     let Some(&first) = items.first() else {
         return (items, spare);
     };
-    if items.len() < COUNTING_SORT_MIN || items.iter().any(|t| offset(t).is_none()) {
-        items.sort_unstable_by(|a, b| b.cmp(a));
-        return (items, spare);
+    if items.len() < COUNTING_SORT_MIN {
+        return by_comparison(items, spare);
     }
     // starts[k]: where the items of offset k go (then, once placed, where they end).
     let mut starts = [0usize; MS + 1];
     for t in &items {
-        starts[offset(t).unwrap_or(0) + 1] += 1;
+        match offset(t) {
+            Some(k) => starts[k + 1] += 1,
+            None => return by_comparison(items, spare),
+        }
     }
     for k in 1..=MS {
         starts[k] += starts[k - 1];
