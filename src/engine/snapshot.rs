@@ -562,16 +562,6 @@ fn profile_from(
             symbols.intern(v).unwrap_or(0)
         }
     };
-    let mut p = Profile {
-        id: StoredId::new(&s.id),
-        has_customer: s.has_customer,
-        segment: label(&s.segment),
-        tier: label(&s.tier),
-        last_seen: s.last_seen,
-        keys: s.keys.into(),
-        open: OpenList::default(),
-        extra: None,
-    };
     let mut open = Vec::with_capacity(s.open.len());
     for i in s.open {
         match instance_from(i, journeys, rules) {
@@ -579,7 +569,16 @@ fn profile_from(
             None => dropped += 1,
         }
     }
-    p.open = open.into();
+    let mut p = Profile {
+        id: StoredId::new(&s.id),
+        has_customer: s.has_customer,
+        segment: label(&s.segment),
+        tier: label(&s.tier),
+        last_seen: s.last_seen,
+        keys: s.keys.into(),
+        open: OpenList::from(open),
+        extra: None,
+    };
     let has_history = !(s.contacts.is_empty()
         && s.clicks.is_empty()
         && s.loose_errors.is_empty()
