@@ -84,6 +84,29 @@ fn main() {
             heap,
             heap as f64 / profiles as f64
         );
+        use std::mem::size_of;
+        let c = engine.census();
+        println!(
+            "memory: made of {} profile slots x {} B, {} open x {} B, {} closed x {} B, \
+             {} extras x {} B, {} histories x {} B with room for {:?} entries \
+             (contacts, clicks, loose errors, cooldowns), {} index keys, {} dedup ids, \
+             {} timers, {} buffered events",
+            c.profile_slots,
+            size_of::<Option<cxstream::profile::Profile>>(),
+            c.open,
+            size_of::<cxstream::journey::Instance>(),
+            c.closed,
+            size_of::<cxstream::profile::Closed>(),
+            c.extras,
+            size_of::<cxstream::profile::ProfileExtra>(),
+            c.histories,
+            size_of::<cxstream::profile::History>(),
+            c.history_room,
+            c.index_keys,
+            c.dedup_ids,
+            c.timers,
+            c.buffered
+        );
     }
     println!(
         "memory: live heap {} bytes = {:.0} bytes per open journey",

@@ -120,6 +120,26 @@ impl EngineStats {
     }
 }
 
+/// Counts of what an engine's state holds (see [`Engine::census`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Census {
+    pub profiles: usize,
+    /// Room in the profile table (slots), used or not.
+    pub profile_slots: usize,
+    pub open: usize,
+    pub closed: usize,
+    /// Profiles with extra state (closed journeys or detector history), and those with history.
+    pub extras: usize,
+    pub histories: usize,
+    /// Entries the histories have room for: contacts, clicks, errors outside journeys,
+    /// cooldowns.
+    pub history_room: [usize; 4],
+    pub index_keys: usize,
+    pub dedup_ids: usize,
+    pub timers: usize,
+    pub buffered: usize,
+}
+
 /// The engine's state for one shard of profiles.
 pub struct Engine {
     rules: Rules,
@@ -204,6 +224,33 @@ impl Engine {
     /// Events accepted but not yet applied (waiting for the watermark).
     pub fn buffered(&self) -> usize {
         self.pending.len()
+    }
+
+    /// What the state is made of (counts; the memory benchmark prints them with the sizes).
+    pub fn census(&self) -> Census {
+        let mut c = Census {
+            profile_slots: self.profiles.capacity(),
+            index_keys: self.index.len(),
+            dedup_ids: self.dedup.len(),
+            timers: self.timers.len(),
+            buffered: self.pending.len(),
+            ..Census::default()
+        };
+        for p in self.profiles.iter().flatten() {
+            c.profiles += 1;
+            c.open += p.open.len();
+            let Some(x) = &p.extra else { continue };
+            c.extras += 1;
+            c.closed += x.closed.len();
+            if let Some(h) = &x.history {
+                c.histories += 1;
+                c.history_room[0] += h.contacts.capacity();
+                c.history_room[1] += h.clicks.capacity();
+                c.history_room[2] += h.loose_errors.capacity();
+                c.history_room[3] += h.cooldowns.capacity();
+            }
+        }
+        c
     }
 
     /// Offers one event. Outputs of everything the watermark has passed are appended to `out`.

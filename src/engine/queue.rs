@@ -208,7 +208,7 @@ const COUNTING_SORT_MIN: usize = 256;
 /// millisecond are then compared (by their whole value, as a comparison sort would). At a
 /// service's rates a bucket holds tens of thousands of events or timers, and the shard waits
 /// while it is sorted: 50,000 items took 2.6 ms by comparison, 1.4 ms so (1,500: 26 µs and
-/// 10 µs).
+/// 10 µs; measured once, BENCHMARKS.md run 12).
 fn sort_latest_first<T: Timed>(
     mut items: Vec<T>,
     start: Millis,

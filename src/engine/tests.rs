@@ -794,3 +794,15 @@ fn uuid_ids_come_out_exactly_as_they_went_in() {
         assert_eq!(j[0].customer_id, customer);
     }
 }
+
+#[test]
+fn the_census_counts_what_the_state_holds() {
+    // One open checkout per customer, two keys and three event ids each, nothing closed.
+    let c = crate::sim::open_checkouts(300, false).census();
+    assert_eq!(
+        (c.profiles, c.open, c.closed, c.extras, c.histories),
+        (300, 300, 0, 0, 0)
+    );
+    assert_eq!((c.index_keys, c.dedup_ids), (600, 900));
+    assert!(c.profile_slots >= 300);
+}
