@@ -166,9 +166,9 @@ pub struct ServiceSection {
     /// the partition is paused). Large enough that a shard catching up on a backlog does not
     /// make its partition flap between paused and fetching (each resume refetches).
     pub shard_queue: usize,
-    /// Changed profiles an `at_least_once` checkpoint writes between two batches of input:
-    /// a checkpoint is written a little at a time, so that a large one does not hold the
-    /// shard's input up.
+    /// Changed profiles an `at_least_once` checkpoint writes at most between two batches of
+    /// input: a checkpoint is written a little at a time (at an even pace over half of
+    /// `engine.commit_interval`), so that a large one does not hold the shard's input up.
     pub checkpoint_step: usize,
 }
 

@@ -469,6 +469,12 @@ impl Engine {
         out
     }
 
+    /// Profiles the checkpoint under way has still to write at most (some of them may have
+    /// been written early, when they changed).
+    pub fn checkpoint_remaining(&self) -> usize {
+        self.changes.as_ref().map_or(0, |c| c.pending.len())
+    }
+
     /// Whether a checkpoint begun by [`Engine::begin_checkpoint`] has records still to write.
     pub fn checkpoint_under_way(&self) -> bool {
         self.changes.as_ref().is_some_and(|c| c.meta.is_some())

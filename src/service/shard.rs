@@ -9,10 +9,12 @@
 //!   before the checkpoint are acknowledged it writes the meta record, and once that is
 //!   acknowledged it publishes the offset for the consumer to commit. The shard goes on
 //!   processing meanwhile (a commit that stopped it stalled its input for three broker round
-//!   trips every `commit_interval`), and writes the changed profiles `service.checkpoint_step` at
-//!   a time between batches of input (the engine writes one that is about to change first, as
-//!   it was): written all at once, a checkpoint of 5,000 changed profiles held the shard's
-//!   input for 13-25 ms, and one of 100,000 would hold it for a quarter of a second.
+//!   trips every `commit_interval`), and writes the changed profiles at an even pace over
+//!   half the commit interval, at most `service.checkpoint_step` at a time, between batches of
+//!   input (the engine writes one that is about to change first, as it was): written all at
+//!   once, a checkpoint of 5,000 changed profiles held the shard's input for 13-25 ms, and one
+//!   of 100,000 would hold it for a quarter of a second; written as fast as the shard had room
+//!   for, it took the cores in bursts that raised every alert's latency.
 //!
 //! The input position committed is the oldest event still in the reorder buffer (see
 //! [`Ledger::resume_at`]): those events are read again after a restore. Messages below the
@@ -163,7 +165,17 @@ struct PendingCommit {
     /// The meta record, until sent.
     meta: Option<StateRecord>,
     resume_at: i64,
+    /// When the checkpoint began, and how many profiles it had to write then: it is written
+    /// at an even pace over [`SPREAD`] of the commit interval.
+    began: Instant,
+    profiles: usize,
 }
+
+/// The part of `engine.commit_interval` over which an `at_least_once` checkpoint is spread.
+/// Written as fast as the shard had room for, a checkpoint took the cores in bursts (every
+/// profile that changed in the interval, encoded and produced to the changelog within a few
+/// hundred milliseconds), and the latency of every alert rose during each (BENCHMARKS.md).
+const SPREAD: f64 = 0.5;
 
 /// Messages a shard takes from its queue in one go before it looks at deliveries, commits
 /// and stop requests again (one `select!` round per message cost more than the message).
@@ -258,6 +270,8 @@ impl Shard {
         let first = tokio::time::Instant::now() + every.mul_f64(fastrand::f64().max(0.01));
         let mut commit = tokio::time::interval_at(first, every);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pace = tokio::time::interval(Duration::from_millis(1));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let reply = loop {
             tokio::select! {
                 // Timers before input: with a backlog, input is always ready, and a commit or
@@ -284,10 +298,10 @@ impl Shard {
                     // is gone, which ends `stop` too.
                     None => break (&mut stop).await.ok(),
                 },
-                // Nothing else to do: the checkpoint under way goes on, a step per turn (the
-                // yield lets the other shards on this worker thread run in between).
-                () = tokio::task::yield_now(), if self.writing_checkpoint() => {
-                    self.write_checkpoint(self.env.config.service.checkpoint_step);
+                // Nothing else to do: the checkpoint under way goes on at its pace (input
+                // batches move it on too).
+                _ = pace.tick(), if self.writing_checkpoint() => {
+                    self.step_checkpoint(Instant::now());
                 }
             }
         };
@@ -320,7 +334,7 @@ impl Shard {
     }
 
     /// Processes `first` and what else is queued, up to [`BATCH`] messages or the in-flight
-    /// limit, then writes the next profiles of a checkpoint under way.
+    /// limit, then writes the profiles of a checkpoint under way that are due.
     fn take(&mut self, first: ShardMsg, rx: &mut mpsc::Receiver<ShardMsg>) {
         let now = Instant::now();
         self.process(first, now);
@@ -334,7 +348,7 @@ impl Shard {
                 Err(_) => break,
             }
         }
-        self.write_checkpoint(self.env.config.service.checkpoint_step);
+        self.step_checkpoint(now);
     }
 
     fn delivered(&mut self, d: Delivered) {
@@ -578,6 +592,21 @@ impl Shard {
         (resume_at, Some(records))
     }
 
+    /// Writes the profiles of the checkpoint under way that are due by `now` (it is spread
+    /// evenly over [`SPREAD`] of the commit interval), at most `service.checkpoint_step`.
+    fn step_checkpoint(&mut self, now: Instant) {
+        let Some(p) = &self.pending else {
+            return;
+        };
+        let due = profiles_due(
+            p.profiles,
+            self.engine.checkpoint_remaining(),
+            now.saturating_duration_since(p.began),
+            self.env.config.engine.commit_interval.mul_f64(SPREAD),
+        );
+        self.write_checkpoint(due.min(self.env.config.service.checkpoint_step));
+    }
+
     fn writing_checkpoint(&self) -> bool {
         self.pending.as_ref().is_some_and(|p| p.epoch.is_none())
     }
@@ -607,8 +636,8 @@ impl Shard {
     }
 
     /// Starts an `at_least_once` commit: begins a checkpoint and sends what is ready of it
-    /// (the dedup window's records, the first profiles); [`Shard::write_checkpoint`] sends
-    /// the rest between batches of input and closes the epoch, and [`Shard::advance_commit`]
+    /// (the dedup window's records); [`Shard::step_checkpoint`] sends the profiles at an even
+    /// pace and closes the epoch, and [`Shard::advance_commit`]
     /// finishes the commit as acknowledgements come in.
     fn begin_commit(&mut self) {
         let Some(next) = self.next_offset else {
@@ -625,8 +654,10 @@ impl Shard {
             epoch: None,
             meta: None,
             resume_at,
+            began: now,
+            profiles: self.engine.checkpoint_remaining(),
         });
-        self.write_checkpoint(self.env.config.service.checkpoint_step);
+        self.step_checkpoint(now);
     }
 
     /// Moves the commit under way on once every record of its epoch and before is
@@ -718,6 +749,15 @@ impl Shard {
         self.metrics
             .publish(&self.engine, &self.env.rules.catalog, lag);
     }
+}
+
+/// How many of a checkpoint's `profiles` are due to be written, `elapsed` into a `spread`
+/// over which they are written at an even pace, with `remaining` still to write.
+fn profiles_due(profiles: usize, remaining: usize, elapsed: Duration, spread: Duration) -> usize {
+    let done = elapsed.as_secs_f64() / spread.as_secs_f64();
+    // What may still be left to write by now: none once the spread is over.
+    let left = (profiles as f64 * (1.0 - done).max(0.0)) as usize;
+    remaining.saturating_sub(left)
 }
 
 /// `<input topic>/<partition>/<commit number>/<writer>`: which commit (with `exactly_once`,
@@ -849,6 +889,22 @@ mod tests {
         task.await.unwrap();
         let exit = reply_rx.try_recv().expect("the stop request was answered");
         assert_eq!((&*exit.topic, exit.partition, exit.commit), ("in", 7, None));
+    }
+
+    #[test]
+    fn a_checkpoint_is_due_at_an_even_pace_and_whole_once_its_spread_is_over() {
+        let spread = Duration::from_millis(500);
+        let at = |ms| Duration::from_millis(ms);
+        assert_eq!(profiles_due(1000, 1000, at(0), spread), 0);
+        assert_eq!(profiles_due(1000, 1000, at(100), spread), 200);
+        // Written ahead of the pace (or early, as profiles changed): nothing more is due yet.
+        assert_eq!(profiles_due(1000, 700, at(100), spread), 0);
+        assert_eq!(profiles_due(1000, 700, at(250), spread), 200);
+        assert_eq!(profiles_due(1000, 700, at(500), spread), 700);
+        assert_eq!(profiles_due(1000, 700, at(5000), spread), 700);
+        assert_eq!(profiles_due(0, 0, at(0), spread), 0);
+        // A spread of nothing (a zero commit interval): everything at once.
+        assert_eq!(profiles_due(10, 10, at(0), Duration::ZERO), 10);
     }
 
     #[test]
