@@ -171,11 +171,17 @@ struct PendingCommit {
     profiles: usize,
 }
 
-/// The part of `engine.commit_interval` over which an `at_least_once` checkpoint is spread.
-/// Written as fast as the shard had room for, a checkpoint took the cores in bursts (every
-/// profile that changed in the interval, encoded and produced to the changelog within a few
-/// hundred milliseconds), and the latency of every alert rose during each (BENCHMARKS.md).
+/// The part of `engine.commit_interval` over which an `at_least_once` checkpoint is spread
+/// while input flows. Written as fast as the shard had room for, a checkpoint took the cores
+/// in bursts (every profile that changed in the interval, encoded and produced to the
+/// changelog within a few hundred milliseconds), and the latency of every alert rose during
+/// each (BENCHMARKS.md).
 const SPREAD: f64 = 0.5;
+
+/// Input quiet for this long (its end, or a pause): a checkpoint under way is written as fast
+/// as the shard has room for, as there is no input for it to hold up. Paced, the last commit
+/// after a burst of input ended up to half a commit interval later.
+const QUIET: Duration = Duration::from_millis(10);
 
 /// Messages a shard takes from its queue in one go before it looks at deliveries, commits
 /// and stop requests again (one `select!` round per message cost more than the message).
@@ -298,8 +304,13 @@ impl Shard {
                     // is gone, which ends `stop` too.
                     None => break (&mut stop).await.ok(),
                 },
-                // Nothing else to do: the checkpoint under way goes on at its pace (input
-                // batches move it on too).
+                // Nothing else to do. With input quiet, the checkpoint under way goes on a
+                // step per turn (the yield lets the other shards on this worker thread run in
+                // between): nothing waits for the cores, and the commit ends sooner.
+                () = tokio::task::yield_now(), if self.writing_checkpoint() && self.quiet(Instant::now()) => {
+                    self.write_checkpoint(self.env.config.service.checkpoint_step);
+                }
+                // With input flowing, at its pace (input batches move it on too).
                 _ = pace.tick(), if self.writing_checkpoint() => {
                     self.step_checkpoint(Instant::now());
                 }
@@ -605,6 +616,11 @@ impl Shard {
             self.env.config.engine.commit_interval.mul_f64(SPREAD),
         );
         self.write_checkpoint(due.min(self.env.config.service.checkpoint_step));
+    }
+
+    /// Whether no input has come for [`QUIET`].
+    fn quiet(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_arrival) >= QUIET
     }
 
     fn writing_checkpoint(&self) -> bool {
