@@ -21,6 +21,12 @@
 //! adjacent cache lines: one memory access per event where a table with separate control
 //! bytes (hashbrown's) takes two, at a million ids and more neither in the cache. The ids are
 //! hashes already, so an id's low bits are its home slot.
+//!
+//! Growing costs no pause either. A full table is replaced by an empty one twice its size (or
+//! its size, when forgotten ids filled it), and the old one is emptied into it a few slots
+//! per inserted id; until then an id not found in the new table is looked up in the old one.
+//! Rebuilt at once, the table of each shard held it up for tens of milliseconds at a few
+//! hundred thousand ids, the latency benchmark's slowest alerts (BENCHMARKS.md).
 
 use crate::event::Millis;
 
@@ -30,6 +36,17 @@ use crate::event::Millis;
 /// the quarter. (Should it fall behind, the forgotten ids left make the table grow sooner,
 /// and growing drops them.)
 const SWEEP_PER_INSERT: usize = 16;
+
+/// Slots of the old table moved into the new one per inserted id while it grows. A move
+/// ends before the new table can fill: a table grows at three quarters full, into one twice
+/// its size (or its size, when at most three eighths of it was remembered), so the new one
+/// holds at most 3/4 + 1/8 of the old one's size (3/8 + 1/8) when the move ends.
+const MOVE_PER_INSERT: usize = 8;
+
+/// Slots looked at to judge whether a full table was mostly forgotten ids (a pass over all
+/// of them took ~10 ms at four million slots). Either answer is safe: it only picks the new
+/// table's size.
+const GROW_SAMPLE: usize = 4096;
 
 /// The id of a free slot. Id 0 is stored as 1 (a 2^-64 chance of a false duplicate, far below
 /// that of two event ids with the same 64-bit hash).
@@ -58,6 +75,35 @@ pub struct Dedup {
     sweep: Option<usize>,
     /// The floor moved during the sweep under way: sweep again when it ends.
     sweep_again: bool,
+    /// The table before the table grew, while its ids are moved into this one.
+    moving: Option<Box<Moving>>,
+}
+
+/// A table being moved into a new one (see [`Dedup::grow`]). It is not changed but for its
+/// bucket offsets (which follow the base), so ids are found in it by the same probe.
+#[derive(Debug, Clone)]
+struct Moving {
+    ids: Vec<u64>,
+    buckets: Vec<u8>,
+    /// The next slot to move.
+    next: usize,
+    /// Ids in the slots not moved yet.
+    left: usize,
+}
+
+impl Moving {
+    /// The bucket offset `id` is stored with, if it is here.
+    fn find(&self, id: u64) -> Option<u8> {
+        let mask = self.ids.len() - 1;
+        let mut i = id as usize & mask;
+        loop {
+            match self.ids[i] {
+                EMPTY => return None,
+                k if k == id => return Some(self.buckets[i]),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
 }
 
 impl Dedup {
@@ -74,6 +120,7 @@ impl Dedup {
             floor: Millis::MIN,
             sweep: None,
             sweep_again: false,
+            moving: None,
         }
     }
 
@@ -118,16 +165,19 @@ impl Dedup {
         if base > below_floor && self.floor != Millis::MIN {
             self.rebuild(self.ids.len());
         }
-        if base >= self.base {
-            let down = u8::try_from(base - self.base).unwrap_or(u8::MAX);
-            for b in &mut self.buckets {
-                *b = b.saturating_sub(down);
-            }
-        } else {
-            // Every stored bucket is at most `top`, at most 255 above the new base.
-            let up = (self.base - base) as u8;
-            for b in &mut self.buckets {
-                *b += up;
+        let old = self.moving.as_deref_mut().map(|m| &mut m.buckets[..]);
+        for buckets in [Some(&mut self.buckets[..]), old].into_iter().flatten() {
+            if base >= self.base {
+                let down = u8::try_from(base - self.base).unwrap_or(u8::MAX);
+                for b in buckets {
+                    *b = b.saturating_sub(down);
+                }
+            } else {
+                // Every stored bucket is at most `top`, at most 255 above the new base.
+                let up = (self.base - base) as u8;
+                for b in buckets {
+                    *b += up;
+                }
             }
         }
         self.base = base;
@@ -162,41 +212,77 @@ impl Dedup {
                 _ => i = (i + 1) & mask,
             }
         }
+        // Not moved yet from the table before it grew? (Found there forgotten, it is new,
+        // and that copy is not moved.)
+        if let Some(b) = self.moving.as_ref().and_then(|m| m.find(id)) {
+            if self.live(b) {
+                return false;
+            }
+        }
         self.ids[i] = id;
         self.buckets[i] = bucket;
         self.used += 1;
+        self.move_some(MOVE_PER_INSERT);
         self.sweep_some(SWEEP_PER_INSERT);
         true
     }
 
-    /// Makes room: twice as large, or as large as it is when forgotten ids were most of what
-    /// filled it.
+    /// Makes room: a table twice as large, or as large when forgotten ids were most of what
+    /// filled it, into which the remembered ids are moved a few per insert.
     fn grow(&mut self) {
-        let remembered = self
-            .ids
-            .iter()
-            .zip(&self.buckets)
-            .filter(|&(&id, &b)| id != EMPTY && self.live(b))
-            .count();
-        let len = if remembered * 8 <= self.ids.len() * 3 {
+        // Never under way here (see MOVE_PER_INSERT); finished first should that change.
+        self.finish_move();
+        // How much of it is remembered, judged from evenly spaced slots.
+        let stride = (self.ids.len() / GROW_SAMPLE).max(1);
+        let (mut seen, mut remembered) = (0, 0);
+        for i in (0..self.ids.len()).step_by(stride) {
+            seen += 1;
+            if self.ids[i] != EMPTY && self.live(self.buckets[i]) {
+                remembered += 1;
+            }
+        }
+        let len = if remembered * 8 <= seen * 3 {
             self.ids.len()
         } else {
             self.ids.len() * 2
         };
-        self.rebuild(len);
+        self.begin_move(len);
     }
 
-    /// Rebuilds the table with `len` slots and the remembered ids only (no sweep is needed
-    /// after it).
-    fn rebuild(&mut self, len: usize) {
+    /// Replaces the table with an empty one of `len` slots; the ids of the old one are moved
+    /// into it by [`Dedup::move_some`]. The forgotten ones are not, so no sweep is needed.
+    fn begin_move(&mut self, len: usize) {
         let ids = std::mem::replace(&mut self.ids, vec![EMPTY; len]);
         let buckets = std::mem::replace(&mut self.buckets, vec![0; len]);
-        let mask = len - 1;
+        self.moving = Some(Box::new(Moving {
+            ids,
+            buckets,
+            next: 0,
+            left: self.used,
+        }));
         self.used = 0;
-        for (id, b) in ids.into_iter().zip(buckets) {
-            if id == EMPTY || !self.live(b) {
+        self.sweep = None;
+        self.sweep_again = false;
+    }
+
+    /// Moves the remembered ids of up to `slots` more slots of the old table into this one.
+    fn move_some(&mut self, slots: usize) {
+        let Some(mut m) = self.moving.take() else {
+            return;
+        };
+        let end = m.next.saturating_add(slots).min(m.ids.len());
+        let mask = self.mask();
+        for j in m.next..end {
+            let (id, b) = (m.ids[j], m.buckets[j]);
+            if id == EMPTY {
                 continue;
             }
+            m.left -= 1;
+            if !self.live(b) {
+                continue;
+            }
+            // Not in this table: an id found remembered in the old one is not inserted
+            // again, and one found forgotten there stays forgotten (the floor only rises).
             let mut i = self.home_slot(id);
             while self.ids[i] != EMPTY {
                 i = (i + 1) & mask;
@@ -205,8 +291,23 @@ impl Dedup {
             self.buckets[i] = b;
             self.used += 1;
         }
-        self.sweep = None;
-        self.sweep_again = false;
+        m.next = end;
+        if end < m.ids.len() {
+            self.moving = Some(m);
+        }
+    }
+
+    /// Moves what is left of a table being moved.
+    fn finish_move(&mut self) {
+        self.move_some(usize::MAX);
+    }
+
+    /// Rebuilds the table at once with `len` slots and the remembered ids only (no sweep is
+    /// needed after it).
+    fn rebuild(&mut self, len: usize) {
+        self.finish_move();
+        self.begin_move(len);
+        self.finish_move();
     }
 
     /// Forgets ids whose event time is older than `watermark - window`: every id of a
@@ -272,13 +373,14 @@ impl Dedup {
         self.used -= 1;
     }
 
-    /// Number of ids in the table: the remembered ones, and forgotten ones not yet swept.
+    /// Number of ids in the table: the remembered ones, and forgotten ones not yet swept
+    /// (or, while the table grows, not yet passed over).
     pub fn len(&self) -> usize {
-        self.used
+        self.used + self.moving.as_ref().map_or(0, |m| m.left)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.used == 0
+        self.len() == 0
     }
 }
 
@@ -362,6 +464,8 @@ mod tests {
             assert!(d.insert(1250, id));
         }
         assert_eq!(d.ids.len(), MIN_SLOTS);
+        // The forgotten ids are dropped as the old table is passed over.
+        d.finish_move();
         assert_eq!(d.len(), 100);
         for id in 701..=800 {
             assert!(!d.insert(1250, id), "{id} is remembered");
@@ -415,6 +519,65 @@ mod tests {
         d.sweep = None;
         assert!(d.insert(1000, 2));
         assert!(d.insert(1000, 1), "still forgotten");
+    }
+
+    #[test]
+    fn a_growing_table_moves_its_ids_a_few_slots_per_insert() {
+        let mut d = Dedup::new(1000);
+        for id in 1..=768 {
+            assert!(d.insert(0, id));
+        }
+        assert!(d.moving.is_none());
+        // The 769th id makes it grow: nothing is moved at once.
+        assert!(d.insert(0, 769));
+        assert_eq!(d.ids.len(), 2 * MIN_SLOTS);
+        let m = d.moving.as_ref().expect("a move under way");
+        assert_eq!((m.next, m.left), (MOVE_PER_INSERT, 768 - d.used + 1));
+        assert_eq!(d.len(), 769);
+        // Every id is still remembered while the move goes on (each answer moves it on).
+        for id in 1..=769 {
+            assert!(!d.insert(0, id), "{id} is remembered");
+        }
+        // A duplicate moves nothing: new ids end the move, MOVE_PER_INSERT slots each (the
+        // 769th moved the first ones).
+        let last = 768 + (MIN_SLOTS / MOVE_PER_INSERT) as u64;
+        for id in 770..=last {
+            assert!(d.moving.is_some(), "over before {id}");
+            assert!(d.insert(0, id));
+        }
+        assert!(d.moving.is_none());
+        assert_eq!(d.len(), last as usize);
+        assert_eq!(d.used, d.ids.iter().filter(|&&id| id != EMPTY).count());
+        for id in 1..=last {
+            assert!(!d.insert(0, id), "{id} is remembered");
+        }
+    }
+
+    #[test]
+    fn an_id_forgotten_in_the_old_table_is_new_while_it_moves_and_after() {
+        let mut d = Dedup::new(1000);
+        for id in 1..=400 {
+            assert!(d.insert(0, id));
+        }
+        d.expire(1250);
+        d.sweep = None;
+        for id in 401..=769 {
+            assert!(d.insert(1250, id));
+        }
+        // Grown at the same size (most of it forgotten), and moving.
+        assert_eq!(d.ids.len(), MIN_SLOTS);
+        assert!(d.moving.is_some());
+        assert!(d.insert(1250, 5), "forgotten in the old table");
+        assert!(!d.insert(1250, 5));
+        assert!(!d.insert(1250, 600), "remembered in the old table");
+        d.finish_move();
+        assert!(d.moving.is_none());
+        assert_eq!(d.len(), 370, "the remembered ids and id 5, once each");
+        assert!(!d.insert(1250, 5));
+        assert!(d.insert(1250, 6), "forgotten, not moved");
+        for id in 401..=769 {
+            assert!(!d.insert(1250, id), "{id} is remembered");
+        }
     }
 
     #[test]
