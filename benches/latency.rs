@@ -88,10 +88,6 @@ fn main() {
         .consumer
         .0
         .insert("fetch.wait.max.ms".into(), fetch_wait.to_string());
-    // The service producer's `linger.ms` (librdkafka's default: 5 ms).
-    if let Ok(l) = std::env::var("CXSTREAM_BENCH_LINGER_MS") {
-        config.kafka.producer.0.insert("linger.ms".into(), l);
-    }
     let tag = config.kafka.group_id.clone();
     let t = config.topics.clone();
     for (name, n) in [

@@ -7,7 +7,8 @@
 //! (default 400,000) events of the simulator's mix over `CXSTREAM_BENCH_PARTITIONS` (default
 //! 16) partitions, protobuf encoded: the mock keeps at most 5 MiB per partition (about 25,000
 //! of these events), so more events need more partitions.
-//! `CXSTREAM_BENCH_WORKERS` sets the runtime's worker threads (default: all cores).
+//! `CXSTREAM_BENCH_WORKERS` sets the runtime's worker threads (default: all cores), and
+//! `CXSTREAM_BENCH_LINGER_MS` the service producer's `linger.ms`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -73,9 +73,11 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
 pub fn producer_config(c: &Config) -> ClientConfig {
     let mut cc = ClientConfig::new();
     // Same partitioner as the Java client: a key lands on the same partition whichever
-    // client produced it.
+    // client produced it. Outputs wait at most 2 ms for a batch to fill (librdkafka's default
+    // is 5): at half the maximum rate the p99 from event to alert was 2-7 ms lower and the
+    // maximum rate did not change (BENCHMARKS.md, "Latency"); `[kafka.producer]` overrides it.
     cc.set("partitioner", "murmur2_random")
-        .set("linger.ms", "5");
+        .set("linger.ms", "2");
     for (k, v) in c.kafka.common.0.iter().chain(&c.kafka.producer.0) {
         cc.set(k, v);
     }

@@ -653,8 +653,8 @@ impl Shard {
 
     /// Starts an `at_least_once` commit: begins a checkpoint and sends what is ready of it
     /// (the dedup window's records); [`Shard::step_checkpoint`] sends the profiles at an even
-    /// pace and closes the epoch, and [`Shard::advance_commit`]
-    /// finishes the commit as acknowledgements come in.
+    /// pace and closes the epoch, and [`Shard::advance_commit`] finishes the commit as
+    /// acknowledgements come in.
     fn begin_commit(&mut self) {
         let Some(next) = self.next_offset else {
             return; // nothing read, nothing restored: nothing to commit
