@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
 use cxstream::decode::to_proto;
+use cxstream::event::timestamp;
 use cxstream::proto::InteractionEvent;
 use cxstream::sim::{person_key, SimConfig, Simulator};
 use prost::Message as _;
@@ -193,14 +194,10 @@ fn main() {
             let due = (started.elapsed().as_secs_f64() * rate as f64) as usize;
             while n < due.min(events.len()) {
                 let (untimed, key) = &events[n];
-                let now = cxstream::clock::now_millis();
                 payload.clear();
                 payload.extend_from_slice(untimed);
                 InteractionEvent {
-                    occurred_at: Some(prost_types::Timestamp {
-                        seconds: now.div_euclid(1000),
-                        nanos: (now.rem_euclid(1000) * 1_000_000) as i32,
-                    }),
+                    occurred_at: Some(timestamp(cxstream::clock::now_millis())),
                     ..Default::default()
                 }
                 .encode(&mut payload)

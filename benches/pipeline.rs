@@ -357,7 +357,6 @@ async fn produce(
     sentinel_at
 }
 
-/// Every partition of `topic`, from its first offset.
 /// Passes of the bare consumer over the pre-produced messages.
 const BARE_PASSES: usize = 3;
 
@@ -393,6 +392,7 @@ fn bare_pass(
     )
 }
 
+/// Every partition of `topic`, from its first offset.
 fn from_beginning(topic: &str, partitions: i32) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {

@@ -277,10 +277,7 @@ pub enum Output {
 }
 
 fn ts(ms: Millis) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    })
+    Some(crate::event::timestamp(ms))
 }
 
 fn labels(c: &[Channel]) -> Vec<String> {

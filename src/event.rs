@@ -13,6 +13,14 @@ pub fn millis(d: std::time::Duration) -> Millis {
     Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX / 4)
 }
 
+/// Event time as a protobuf timestamp.
+pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
 /// Formats event time as RFC 3339 with millisecond precision (`2026-11-22T10:00:03.120Z`).
 pub fn format_millis(ms: Millis) -> String {
     with_millis_formatted(ms, str::to_string)

@@ -27,7 +27,7 @@ pub(crate) fn bench_config(brokers: &str, prefix: &str) -> cxstream::config::Con
     if std::env::var("CXSTREAM_BENCH_GUARANTEE").as_deref() == Ok("at_least_once") {
         c.processing.guarantee = cxstream::config::Guarantee::AtLeastOnce;
     }
-    // The service producer's `linger.ms` (the service's default: 5 ms).
+    // The service producer's `linger.ms` (the service's default: 2 ms).
     if let Ok(l) = std::env::var("CXSTREAM_BENCH_LINGER_MS") {
         c.kafka.producer.0.insert("linger.ms".into(), l);
     }

@@ -520,10 +520,7 @@ pub fn to_proto(e: &Event) -> proto::InteractionEvent {
     let s = |o: &Option<CompactString>| o.as_deref().unwrap_or_default().to_string();
     proto::InteractionEvent {
         event_id: e.event_id.to_string(),
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: e.occurred_at.div_euclid(1000),
-            nanos: (e.occurred_at.rem_euclid(1000) * 1_000_000) as i32,
-        }),
+        occurred_at: Some(crate::event::timestamp(e.occurred_at)),
         customer_id: s(&e.customer_id),
         anonymous_id: s(&e.anonymous_id),
         identities: e
