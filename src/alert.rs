@@ -13,6 +13,8 @@ use crate::config::ScoringSection;
 use crate::event::{label_enum, with_millis_formatted, Channel, Millis, SurveyKind};
 use crate::proto;
 
+mod json;
+
 label_enum!(
     /// What an alert is about: a drop-off or one of the friction detectors.
     AlertType {

@@ -188,14 +188,20 @@ pub fn replay(
         alerts,
         mut journeys,
     } = sinks;
+    // One output's JSON line at a time.
+    let mut line = Vec::with_capacity(1024);
+    let json_line = |o: &Output, line: &mut Vec<u8>| {
+        line.clear();
+        o.write_json(line);
+        line.push(b'\n');
+    };
     let mut write = |out: &mut Vec<Output>, report: &mut ReplayReport| -> Result<(), ReplayError> {
         for o in out.drain(..) {
             match &o {
                 Output::Alert(a) => {
                     *report.alerts.entry(a.alert_type).or_default() += 1;
-                    serde_json::to_writer(&mut *alerts, a)
-                        .map_err(|e| ReplayError::Write(e.into()))?;
-                    alerts.write_all(b"\n").map_err(ReplayError::Write)?;
+                    json_line(&o, &mut line);
+                    alerts.write_all(&line).map_err(ReplayError::Write)?;
                 }
                 Output::Journey(j) => {
                     if j.revision == 1 {
@@ -204,9 +210,8 @@ pub fn replay(
                         report.summary_revisions += 1;
                     }
                     if let Some(w) = journeys.as_deref_mut() {
-                        serde_json::to_writer(&mut *w, j)
-                            .map_err(|e| ReplayError::Write(e.into()))?;
-                        w.write_all(b"\n").map_err(ReplayError::Write)?;
+                        json_line(&o, &mut line);
+                        w.write_all(&line).map_err(ReplayError::Write)?;
                     }
                 }
             }

@@ -43,7 +43,7 @@ pub fn output_record(o: &Output, format: OutputFormat) -> OutRecord {
             dest: Dest::Alerts,
             key: Some(a.profile_id.as_bytes().to_vec()),
             payload: match format {
-                OutputFormat::Json => to_json(a),
+                OutputFormat::Json => to_json(o),
                 OutputFormat::Protobuf => a.to_proto().encode_to_vec(),
             },
             headers: vec![
@@ -58,7 +58,7 @@ pub fn output_record(o: &Output, format: OutputFormat) -> OutRecord {
             dest: Dest::Journeys,
             key: Some(j.profile_id.as_bytes().to_vec()),
             payload: match format {
-                OutputFormat::Json => to_json(j),
+                OutputFormat::Json => to_json(o),
                 OutputFormat::Protobuf => j.to_proto().encode_to_vec(),
             },
             headers: vec![
@@ -106,10 +106,10 @@ pub fn dead_letter(
 }
 
 /// JSON encoding of our own output types, which cannot fail.
-fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+fn to_json(o: &Output) -> Vec<u8> {
     // Sized for a typical output (~650 bytes): no regrowing on the way.
     let mut out = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut out, v).expect("outputs always serialize");
+    o.write_json(&mut out);
     out
 }
 
