@@ -169,21 +169,29 @@ pub fn stable_id(parts: &[&[u8]]) -> CompactString {
 
 /// The low `digits` hex digits of `v`, zero-padded (ids are on the hot path: no formatter).
 pub fn hex(v: u128, digits: usize) -> CompactString {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let digits = digits.min(32);
     let mut buf = [0u8; 32];
-    // Two 64-bit halves, a byte (two digits) at a time, from the right.
-    for (half, word) in [(1, v as u64), (0, (v >> 64) as u64)] {
-        let mut w = word;
-        for pair in buf[16 * half..16 * half + 16].rchunks_exact_mut(2) {
-            pair[0] = DIGITS[((w >> 4) & 0xf) as usize];
-            pair[1] = DIGITS[(w & 0xf) as usize];
-            w >>= 8;
-        }
-    }
+    buf[..16].copy_from_slice(&hex_word((v >> 64) as u64));
+    buf[16..].copy_from_slice(&hex_word(v as u64));
     // Only ASCII hex digits were written.
     std::str::from_utf8(&buf[32 - digits..])
         .map_or_else(|_| CompactString::default(), CompactString::new)
+}
+
+/// The 16 hex digits of `w`, all at once: its nibbles spread one to a byte of a `u128`
+/// (halves, then quarters, and so on), then each turned into its digit.
+fn hex_word(w: u64) -> [u8; 16] {
+    const fn lanes(b: u8) -> u128 {
+        u128::from_ne_bytes([b; 16])
+    }
+    let mut x = u128::from(w);
+    x = (x | x << 32) & 0x0000_0000_ffff_ffff_0000_0000_ffff_ffff;
+    x = (x | x << 16) & 0x0000_ffff_0000_ffff_0000_ffff_0000_ffff;
+    x = (x | x << 8) & 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
+    x = (x | x << 4) & lanes(0x0f);
+    // Nibbles above 9 carry into bit 4 when 6 is added: those become 'a'..'f'.
+    let letters = ((x + lanes(6)) >> 4) & lanes(1);
+    (x + lanes(b'0') + letters * u128::from(b'a' - b'0' - 10)).to_be_bytes()
 }
 
 mod rfc3339 {
@@ -396,6 +404,9 @@ mod tests {
         assert_eq!(stable_id(&[b"drop_off", b"abc"]), hex(joined, 32));
         assert_eq!(hex(0xab, 4), "00ab");
         assert_eq!(hex(u128::from(u64::MAX), 16), format!("{:016x}", u64::MAX));
+        for v in [0, u128::MAX, 0x9a9a_0f0f_f0f0_a9a9_1234_5678_9abc_def0] {
+            assert_eq!(hex(v, 32), format!("{v:032x}"));
+        }
         let v = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
         assert_eq!(hex(v, 32), format!("{v:032x}"));
         assert_eq!(hex(v, 5), "43210");
@@ -407,5 +418,13 @@ mod tests {
             stable_id(&[&long, b"q"]),
             hex(xxhash_rust::xxh3::xxh3_128(&joined), 32)
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hex_writes_what_the_formatter_writes(v: u128, digits in 0..=32usize) {
+            let full = format!("{v:032x}");
+            proptest::prop_assert_eq!(hex(v, digits), &full[32 - digits..]);
+        }
     }
 }
