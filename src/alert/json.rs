@@ -137,11 +137,16 @@ impl Writer<'_> {
         if needs_escaping(s.as_bytes()) {
             self.number(s);
         } else {
-            self.0.reserve(s.len() + 2);
-            self.0.push(b'"');
-            self.0.extend_from_slice(s.as_bytes());
-            self.0.push(b'"');
+            self.quoted(s);
         }
+    }
+
+    /// A string known to need no escaping.
+    fn quoted(&mut self, s: &str) {
+        self.0.reserve(s.len() + 2);
+        self.0.push(b'"');
+        self.0.extend_from_slice(s.as_bytes());
+        self.0.push(b'"');
     }
 
     /// Numbers (and `null` for `None`, and strings that need escaping), as `serde_json`
@@ -150,8 +155,9 @@ impl Writer<'_> {
         serde_json::to_writer(&mut *self.0, &v).expect("writing to a Vec cannot fail");
     }
 
+    /// A timestamp: digits and separators only, so never escaped.
     fn time(&mut self, t: Millis) {
-        with_millis_formatted(t, |s| self.str(s));
+        with_millis_formatted(t, |s| self.quoted(s));
     }
 
     fn list<T>(&mut self, items: &[T], mut item: impl FnMut(&mut Self, &T)) {
