@@ -27,9 +27,12 @@
 //! per inserted id; until then an id not found in the new table is looked up in the old one.
 //! Rebuilt at once, the table of each shard held it up for tens of milliseconds at a few
 //! hundred thousand ids, the latency benchmark's slowest alerts (BENCHMARKS.md). The new
-//! table is made ready (emptied) a few slots per insert too, from five eighths full on:
-//! emptied at once, it was written whole in one go, every page of it faulted in there and
-//! then (4.7 MB at half a million slots; milliseconds on a virtual machine).
+//! table is made ready (emptied) a few slots per insert too, over the last 1/64 of the
+//! table's size in inserts before it grows: emptied at once, it was written whole in one go,
+//! every page of it faulted in there and then (4.7 MB at half a million slots; milliseconds
+//! on a virtual machine). Only over that stretch does the next table take memory before it
+//! is needed; started sooner, it would also stay allocated in a table whose fill holds still
+//! just below the growth point.
 
 use crate::event::Millis;
 
@@ -46,11 +49,20 @@ const SWEEP_PER_INSERT: usize = 16;
 /// holds at most 3/4 + 1/8 of the old one's size (3/8 + 1/8) when the move ends.
 const MOVE_PER_INSERT: usize = 8;
 
-/// Slots of the next table emptied per inserted id, from five eighths full on. It must be
-/// ready (twice as many slots) when the table is three quarters full, an eighth of the table's
-/// size in inserts later: 16 a insert would do, and forgotten ids swept meanwhile give some
-/// of those inserts back.
-const PREPARE_PER_INSERT: usize = 32;
+/// Slots of the next table emptied per inserted id, from [`PREPARE_FROM`] full on. It must be
+/// ready (twice as many slots) when the table is three quarters full, 1/64 of the table's
+/// size in inserts later: 128 a insert would do, and forgotten ids swept meanwhile give some
+/// of those inserts back (~1.4 KB written a insert over that stretch).
+const PREPARE_PER_INSERT: usize = 160;
+
+/// The fill, in 64ths, from which the next table is prepared: one 64th before it grows at
+/// 48/64.
+const PREPARE_FROM: usize = 47;
+
+/// The fill, in 64ths, below which a next table prepared is dropped (forgotten ids swept
+/// faster than new ones came): apart from [`PREPARE_FROM`], so that a fill going up and down
+/// around it does not drop and start one again and again.
+const PREPARE_DROP_BELOW: usize = 44;
 
 /// Slots looked at to judge whether a full table was mostly forgotten ids. A pass over all
 /// of them was most of what was left of the growth's pause: the longest insert at 3.1M ids
@@ -255,12 +267,15 @@ impl Dedup {
         true
     }
 
-    /// From five eighths full on (and no move under way), empties `slots` more slots of the
+    /// From [`PREPARE_FROM`] on (and no move under way), empties `slots` more slots of the
     /// table this one will grow into: twice its size, as it grows while it fills. Only what
     /// is emptied is written, so its pages are faulted in a few at a time too.
     fn prepare_some(&mut self, slots: usize) {
         let len = self.ids.len() * 2;
-        if self.moving.is_some() || self.used * 8 <= self.ids.len() * 5 {
+        if self.used * 64 < self.ids.len() * PREPARE_DROP_BELOW {
+            self.next = None;
+        }
+        if self.moving.is_some() || self.used * 64 <= self.ids.len() * PREPARE_FROM {
             return;
         }
         let next = self.next.get_or_insert_with(|| {
@@ -627,9 +642,9 @@ mod tests {
                 // What was prepared is what it grew into, whole.
                 assert!(d.next.is_none());
             }
-            // Nothing is prepared below five eighths full.
+            // Nothing is prepared before the last 64th of the fill.
             if d.next.is_some() {
-                assert!(d.used * 8 > d.ids.len() * 5);
+                assert!(d.used * 64 > d.ids.len() * PREPARE_FROM);
             }
         }
         assert_eq!(
@@ -644,6 +659,24 @@ mod tests {
         for id in 1..=200_000u64 {
             assert!(!d.insert(0, id.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
         }
+    }
+
+    #[test]
+    fn a_next_table_prepared_is_dropped_when_forgotten_ids_empty_the_table() {
+        let mut d = Dedup::new(1000);
+        let mut id = 0;
+        while d.next.is_none() {
+            id += 1;
+            assert!(d.insert(0, id));
+        }
+        // Everything so far is forgotten; the sweep empties the table as new ids come.
+        d.expire(10_000);
+        for _ in 0..200 {
+            id += 1;
+            assert!(d.insert(10_000, id));
+        }
+        assert!(d.used * 64 < d.ids.len() * PREPARE_DROP_BELOW);
+        assert!(d.next.is_none());
     }
 
     #[test]
