@@ -383,6 +383,9 @@ impl Engine {
                 s
             }
             None => {
+                if self.profiles.len() == self.profiles.capacity() {
+                    reserve_slots(&mut self.profiles, self.rules.max_profiles);
+                }
                 self.profiles.push(Some(p));
                 let s = (self.profiles.len() - 1) as u32;
                 self.touch(s);
@@ -724,6 +727,32 @@ impl Engine {
             }
         }
         self.sweep_slot = (end < self.profiles.len()).then_some(end as u32);
+    }
+}
+
+/// Profile slots a shard grows by doubling; past them it reserves room for `max_profiles`
+/// at once.
+const DOUBLING_SLOTS: usize = 1 << 16;
+
+/// Makes room for more profile slots. Up to [`DOUBLING_SLOTS`] the room doubles; past them it
+/// goes to `max_profiles` (the most a shard holds, evicting beyond) in one step, and never
+/// grows again. Each doubling copied every profile into a new block and faulted that
+/// block's pages in, holding the shard up: 48 MB copied and 96 MB faulted in when half a
+/// million profiles became a million. The room reserved is address space only: a slot's
+/// memory is faulted in when a profile first takes it, as it was while doubling. Small
+/// shards (tests, demos) never reserve it.
+fn reserve_slots(profiles: &mut Vec<Option<Profile>>, max_profiles: usize) {
+    let len = profiles.len();
+    profiles.reserve_exact(slot_room(len, max_profiles) - len);
+}
+
+/// The room for `len` profile slots that [`reserve_slots`] makes: `len` itself while the
+/// slots double (the caller's push then doubles them).
+fn slot_room(len: usize, max_profiles: usize) -> usize {
+    if len >= DOUBLING_SLOTS {
+        len.max(max_profiles)
+    } else {
+        len
     }
 }
 

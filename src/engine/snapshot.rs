@@ -292,7 +292,10 @@ impl Restore {
             .map(|(i, j)| (j.name.as_str(), i as u16))
             .collect();
         let slots = meta.slots as usize;
-        let mut profiles: Vec<Option<Profile>> = Vec::with_capacity(slots);
+        // The room a shard that grew to this size had (see `reserve_slots`): not copied into
+        // a larger block on the first new profile after the restore.
+        let room = super::slot_room(slots, engine.rules.max_profiles);
+        let mut profiles: Vec<Option<Profile>> = Vec::with_capacity(room);
         profiles.resize_with(slots, || None);
         for (slot, value) in self.profiles {
             let (Some(bytes), Some(place)) = (value, profiles.get_mut(slot as usize)) else {

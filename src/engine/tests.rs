@@ -806,3 +806,28 @@ fn the_census_counts_what_the_state_holds() {
     assert_eq!((c.index_keys, c.dedup_ids), (600, 900));
     assert!(c.profile_slots >= 300);
 }
+
+#[test]
+fn profile_slots_double_then_take_room_for_max_profiles_in_one_step() {
+    let max = DOUBLING_SLOTS * 3;
+    let mut slots: Vec<Option<Profile>> = Vec::new();
+    let push = |slots: &mut Vec<Option<Profile>>| {
+        if slots.len() == slots.capacity() {
+            reserve_slots(slots, max);
+        }
+        slots.push(None);
+    };
+    while slots.len() <= DOUBLING_SLOTS {
+        push(&mut slots);
+    }
+    assert_eq!(slots.capacity(), max);
+    // Never moved again up to max_profiles.
+    let at = slots.as_ptr();
+    while slots.len() < max {
+        push(&mut slots);
+    }
+    assert_eq!(slots.as_ptr(), at);
+    // A restored shard gets the same room.
+    assert_eq!(slot_room(DOUBLING_SLOTS + 1, max), max);
+    assert_eq!(slot_room(100, max), 100);
+}
