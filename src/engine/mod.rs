@@ -743,7 +743,9 @@ const DOUBLING_SLOTS: usize = 1 << 16;
 /// shards (tests, demos) never reserve it.
 fn reserve_slots(profiles: &mut Vec<Option<Profile>>, max_profiles: usize) {
     let len = profiles.len();
-    profiles.reserve_exact(slot_room(len, max_profiles) - len);
+    // Should the system refuse that much address space (a huge `max_profiles`), the slots
+    // go on doubling.
+    let _ = profiles.try_reserve_exact(slot_room(len, max_profiles) - len);
 }
 
 /// The room for `len` profile slots that [`reserve_slots`] makes: `len` itself while the

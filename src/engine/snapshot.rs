@@ -294,8 +294,11 @@ impl Restore {
         let slots = meta.slots as usize;
         // The room a shard that grew to this size had (see `reserve_slots`): not copied into
         // a larger block on the first new profile after the restore.
+        let mut profiles: Vec<Option<Profile>> = Vec::new();
         let room = super::slot_room(slots, engine.rules.max_profiles);
-        let mut profiles: Vec<Option<Profile>> = Vec::with_capacity(room);
+        if profiles.try_reserve_exact(room).is_err() {
+            profiles.reserve_exact(slots);
+        }
         profiles.resize_with(slots, || None);
         for (slot, value) in self.profiles {
             let (Some(bytes), Some(place)) = (value, profiles.get_mut(slot as usize)) else {

@@ -830,4 +830,11 @@ fn profile_slots_double_then_take_room_for_max_profiles_in_one_step() {
     // A restored shard gets the same room.
     assert_eq!(slot_room(DOUBLING_SLOTS + 1, max), max);
     assert_eq!(slot_room(100, max), 100);
+    // Room the system cannot give (here: more than the address space): the slots go on
+    // doubling.
+    let before = slots.capacity();
+    reserve_slots(&mut slots, usize::MAX);
+    assert_eq!(slots.capacity(), before);
+    push(&mut slots);
+    assert!(slots.capacity() > before);
 }
