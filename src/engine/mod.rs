@@ -384,7 +384,8 @@ impl Engine {
             }
             None => {
                 if self.profiles.len() == self.profiles.capacity() {
-                    reserve_slots(&mut self.profiles, self.rules.max_profiles);
+                    let len = self.profiles.len();
+                    reserve_slots(&mut self.profiles, len, self.rules.max_profiles);
                 }
                 self.profiles.push(Some(p));
                 let s = (self.profiles.len() - 1) as u32;
@@ -734,18 +735,18 @@ impl Engine {
 /// at once.
 const DOUBLING_SLOTS: usize = 1 << 16;
 
-/// Makes room for more profile slots. Up to [`DOUBLING_SLOTS`] the room doubles; past them it
-/// goes to `max_profiles` (the most a shard holds, evicting beyond) in one step, and never
-/// grows again. Each doubling copied every profile into a new block and faulted that
+/// Makes room for `slots` profile slots and more. Up to [`DOUBLING_SLOTS`] it makes none (the
+/// caller's pushes double the room); past them the room goes to `max_profiles` (the most a
+/// shard holds, evicting beyond) in one step, and never grows again. Each doubling copied every profile into a new block and faulted that
 /// block's pages in, holding the shard up: 48 MB copied and 96 MB faulted in when half a
 /// million profiles became a million. The room reserved is address space only: a slot's
 /// memory is faulted in when a profile first takes it, as it was while doubling. Small
 /// shards (tests, demos) never reserve it.
-fn reserve_slots(profiles: &mut Vec<Option<Profile>>, max_profiles: usize) {
-    let len = profiles.len();
+fn reserve_slots(profiles: &mut Vec<Option<Profile>>, slots: usize, max_profiles: usize) {
     // Should the system refuse that much address space (a huge `max_profiles`), the slots
     // go on doubling.
-    let _ = profiles.try_reserve_exact(slot_room(len, max_profiles) - len);
+    let room = slot_room(slots, max_profiles);
+    let _ = profiles.try_reserve_exact(room.saturating_sub(profiles.len()));
 }
 
 /// The room for `len` profile slots that [`reserve_slots`] makes: `len` itself while the

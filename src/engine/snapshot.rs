@@ -292,13 +292,10 @@ impl Restore {
             .map(|(i, j)| (j.name.as_str(), i as u16))
             .collect();
         let slots = meta.slots as usize;
-        // The room a shard that grew to this size had (see `reserve_slots`): not copied into
-        // a larger block on the first new profile after the restore.
+        // The room a shard that grew to this size had: not copied into a larger block on the
+        // first new profile after the restore.
         let mut profiles: Vec<Option<Profile>> = Vec::new();
-        let room = super::slot_room(slots, engine.rules.max_profiles);
-        if profiles.try_reserve_exact(room).is_err() {
-            profiles.reserve_exact(slots);
-        }
+        super::reserve_slots(&mut profiles, slots, engine.rules.max_profiles);
         profiles.resize_with(slots, || None);
         for (slot, value) in self.profiles {
             let (Some(bytes), Some(place)) = (value, profiles.get_mut(slot as usize)) else {

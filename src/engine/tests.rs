@@ -813,7 +813,8 @@ fn profile_slots_double_then_take_room_for_max_profiles_in_one_step() {
     let mut slots: Vec<Option<Profile>> = Vec::new();
     let push = |slots: &mut Vec<Option<Profile>>| {
         if slots.len() == slots.capacity() {
-            reserve_slots(slots, max);
+            let len = slots.len();
+            reserve_slots(slots, len, max);
         }
         slots.push(None);
     };
@@ -833,7 +834,8 @@ fn profile_slots_double_then_take_room_for_max_profiles_in_one_step() {
     // Room the system cannot give (here: more than the address space): the slots go on
     // doubling.
     let before = slots.capacity();
-    reserve_slots(&mut slots, usize::MAX);
+    let len = slots.len();
+    reserve_slots(&mut slots, len, usize::MAX);
     assert_eq!(slots.capacity(), before);
     push(&mut slots);
     assert!(slots.capacity() > before);
