@@ -131,14 +131,21 @@ struct Moving {
 impl Moving {
     /// The bucket offset `id` is stored with, if it is here.
     fn find(&self, id: u64) -> Option<u8> {
-        let mask = self.ids.len() - 1;
-        let mut i = id as usize & mask;
-        loop {
-            match self.ids[i] {
-                EMPTY => return None,
-                k if k == id => return Some(self.buckets[i]),
-                _ => i = (i + 1) & mask,
-            }
+        probe(&self.ids, id).ok().map(|i| self.buckets[i])
+    }
+}
+
+/// The slot of `id` in a table's `ids` (`Ok`), or the free slot its probe ends at (`Err`):
+/// linear probing from its home slot, its low bits (ids are hashes already).
+#[inline]
+fn probe(ids: &[u64], id: u64) -> Result<usize, usize> {
+    let mask = ids.len() - 1;
+    let mut i = id as usize & mask;
+    loop {
+        match ids[i] {
+            EMPTY => return Err(i),
+            k if k == id => return Ok(i),
+            _ => i = (i + 1) & mask,
         }
     }
 }
@@ -235,22 +242,17 @@ impl Dedup {
         if (self.used + 1) * 4 > self.ids.len() * 3 {
             self.grow();
         }
-        let mask = self.mask();
-        let mut i = self.home_slot(id);
-        loop {
-            match self.ids[i] {
-                EMPTY => break,
-                k if k == id => {
-                    if self.live(self.buckets[i]) {
-                        return false;
-                    }
-                    // Forgotten but not yet swept: remembered again from now.
-                    self.buckets[i] = bucket;
-                    return true;
+        let i = match probe(&self.ids, id) {
+            Ok(i) => {
+                if self.live(self.buckets[i]) {
+                    return false;
                 }
-                _ => i = (i + 1) & mask,
+                // Forgotten but not yet swept: remembered again from now.
+                self.buckets[i] = bucket;
+                return true;
             }
-        }
+            Err(free) => free,
+        };
         // Not moved yet from the table before it grew? (Found there forgotten, it is new,
         // and that copy is not moved.)
         if let Some(b) = self.moving.as_ref().and_then(|m| m.find(id)) {
@@ -349,7 +351,6 @@ impl Dedup {
             return;
         };
         let end = m.next.saturating_add(slots).min(m.ids.len());
-        let mask = self.mask();
         for j in m.next..end {
             let (id, b) = (m.ids[j], m.buckets[j]);
             if id == EMPTY {
@@ -361,10 +362,9 @@ impl Dedup {
             }
             // Not in this table: an id found remembered in the old one is not inserted
             // again, and one found forgotten there stays forgotten (the floor only rises).
-            let mut i = self.home_slot(id);
-            while self.ids[i] != EMPTY {
-                i = (i + 1) & mask;
-            }
+            let found = probe(&self.ids, id);
+            debug_assert!(found.is_err(), "an id in both tables");
+            let (Ok(i) | Err(i)) = found;
             self.ids[i] = id;
             self.buckets[i] = b;
             self.used += 1;
