@@ -34,13 +34,13 @@ impl Alert {
         w.text(",\"severity\":");
         w.str(self.severity.as_str());
         w.text(",\"score\":");
-        w.number(self.score);
+        w.via_serde_json(self.score);
         w.text(",\"factors\":{\"type_weight\":");
-        w.number(self.factors.type_weight);
+        w.via_serde_json(self.factors.type_weight);
         w.text(",\"step_weight\":");
-        w.number(self.factors.step_weight);
+        w.via_serde_json(self.factors.step_weight);
         w.text(",\"tier_multiplier\":");
-        w.number(self.factors.tier_multiplier);
+        w.via_serde_json(self.factors.tier_multiplier);
         w.text("},\"profile_id\":");
         w.str(&self.profile_id);
         w.text(",\"customer_id\":");
@@ -94,9 +94,9 @@ impl JourneySummary {
             w.text(",\"first_entered_at\":");
             w.time(s.first_entered_at);
             w.text(",\"entries\":");
-            w.number(s.entries);
+            w.via_serde_json(s.entries);
             w.text(",\"seconds\":");
-            w.number(s.seconds);
+            w.via_serde_json(s.seconds);
             w.text("}");
         });
         w.text(",\"channels\":");
@@ -108,19 +108,19 @@ impl JourneySummary {
             w.text("{\"kind\":");
             w.str(s.kind.as_str());
             w.text(",\"score\":");
-            w.number(s.score);
+            w.via_serde_json(s.score);
             w.text(",\"event_id\":");
             w.str(&s.event_id);
             w.text("}");
         });
         w.text(",\"value\":");
-        w.number(self.value);
+        w.via_serde_json(self.value);
         w.text(",\"segment\":");
         w.str(&self.segment);
         w.text(",\"tier\":");
         w.str(&self.tier);
         w.text(",\"revision\":");
-        w.number(self.revision);
+        w.via_serde_json(self.revision);
         w.text("}");
     }
 }
@@ -135,7 +135,7 @@ impl Writer<'_> {
 
     fn str(&mut self, s: &str) {
         if needs_escaping(s.as_bytes()) {
-            self.number(s);
+            self.via_serde_json(s);
         } else {
             self.quoted(s);
         }
@@ -149,9 +149,9 @@ impl Writer<'_> {
         self.0.push(b'"');
     }
 
-    /// Numbers (and `null` for `None`, and strings that need escaping), as `serde_json`
-    /// writes them.
-    fn number<T: serde::Serialize>(&mut self, v: T) {
+    /// What `serde_json` writes for `v`: numbers (and `null` for `None`), and strings that
+    /// need escaping.
+    fn via_serde_json<T: serde::Serialize>(&mut self, v: T) {
         serde_json::to_writer(&mut *self.0, &v).expect("writing to a Vec cannot fail");
     }
 
