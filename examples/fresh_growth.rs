@@ -11,12 +11,8 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::arg;
 
 /// Minor page faults of this process so far.
 fn minor_faults() -> u64 {
@@ -28,7 +24,11 @@ fn minor_faults() -> u64 {
 }
 
 fn main() {
-    let (customers, n, shards) = (arg(1, 100_000), arg(2, 2_000_000), arg(3, 4).max(1));
+    let (customers, n, shards) = (
+        arg(1, 100_000u64),
+        arg(2, 2_000_000u64),
+        arg(3, 4u64).max(1),
+    );
     let mut config = cxstream::config::Config::example();
     config.engine.allowed_lateness = std::time::Duration::ZERO;
     let mut engine = cxstream::engine::Engine::from_config(&config);

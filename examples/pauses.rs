@@ -9,15 +9,11 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn arg(i: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::arg;
 
 fn main() {
-    let (customers, n) = (arg(1, 1_000_000), arg(2, 3_000_000));
+    let (customers, n) = (arg(1, 1_000_000usize), arg(2, 3_000_000usize));
     let (mut engine, mut sim) = cxstream::sim::warmed(customers as u64);
     let events: Vec<_> = sim.by_ref().take(n).collect();
     let (Some(first), Some(last)) = (events.first(), events.last()) else {

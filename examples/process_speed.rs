@@ -12,15 +12,11 @@ use prost::Message;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::arg;
 
 fn main() {
-    let (customers, n, reps) = (arg(1, 100_000), arg(2, 200_000) as usize, arg(3, 1));
+    let (customers, n, reps) = (arg(1, 100_000u64), arg(2, 200_000usize), arg(3, 1u64));
     let mode = std::env::args().nth(4).unwrap_or_else(|| "pb".into());
     // `pb-decode` / `json-decode`: decode only (what the engine would be handed).
     let decode_only = mode.ends_with("-decode");
