@@ -82,9 +82,23 @@ fn bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], Reject> {
 #[inline(always)]
 fn string<'a>(buf: &mut &'a [u8], field: &str) -> Result<Cow<'a, str>, Reject> {
     let b = bytes(buf)?;
-    match std::str::from_utf8(b) {
+    match utf8(b) {
         Ok(s) => Ok(Cow::Borrowed(s)),
         Err(_) => Err(not_utf8(field)),
+    }
+}
+
+/// `std::str::from_utf8`, with a fast path for ASCII. std's validation walks short strings a
+/// byte at a time (~940 instructions an event, a third of decoding); `is_ascii` reads them a
+/// word at a time, and nearly every identifier, touchpoint and label is ASCII.
+#[inline(always)]
+fn utf8(b: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if b.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        #[allow(unsafe_code)]
+        Ok(unsafe { std::str::from_utf8_unchecked(b) })
+    } else {
+        std::str::from_utf8(b)
     }
 }
 
@@ -328,4 +342,28 @@ pub(super) fn parse_event<'a>(mut buf: &'a [u8], raw: &mut Raw<'a>) -> Result<()
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The ASCII fast path accepts and rejects exactly what std does.
+        #[test]
+        fn utf8_agrees_with_std(b in prop::collection::vec(any::<u8>(), 0..40), ascii in any::<bool>()) {
+            let b: Vec<u8> = if ascii { b.into_iter().map(|c| c & 0x7f).collect() } else { b };
+            prop_assert_eq!(super::utf8(&b).ok(), std::str::from_utf8(&b).ok());
+        }
+    }
+
+    #[test]
+    fn utf8_reads_ascii_and_beyond() {
+        assert_eq!(super::utf8(b"checkout.payment"), Ok("checkout.payment"));
+        assert_eq!(
+            super::utf8("caf\u{e9}-\u{1f600}".as_bytes()),
+            Ok("caf\u{e9}-\u{1f600}")
+        );
+        assert!(super::utf8(b"caf\xe9").is_err());
+    }
 }
