@@ -14,8 +14,9 @@ cargo bench --bench restore
 # Longest time the engine holds a shard at 1M profiles (eviction at the cap, dedup expiry,
 # the idle-profile sweep).
 cargo run --release --example pauses -- "${CXSTREAM_BENCH_PROFILES:-1000000}" 3000000
-# Longest insert when the dedup table grows.
-cargo run --release --example dedup_growth
+# Longest insert when the dedup table and the identity index grow.
+cargo run --release --example table_growth -- dedup
+cargo run --release --example table_growth -- index
 # End to end (and catch-up after a restart): three runs per guarantee, alternating, on all
 # cores; then one worker thread.
 for run in 1 2 3; do

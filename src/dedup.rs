@@ -66,7 +66,7 @@ const PREPARE_DROP_BELOW: usize = 44;
 
 /// Slots looked at to judge whether a full table was mostly forgotten ids. A pass over all
 /// of them was most of what was left of the growth's pause: the longest insert at 3.1M ids
-/// was ~11 ms with it, ~0.8 ms with the sample (`examples/dedup_growth.rs`, one-off builds).
+/// was ~11 ms with it, ~0.8 ms with the sample (`examples/table_growth.rs dedup`, one-off builds).
 /// Either answer is safe: it only picks the new table's size.
 const GROW_SAMPLE: usize = 4096;
 
