@@ -383,12 +383,7 @@ impl Engine {
                 s
             }
             None => {
-                if self.profiles.len() == self.profiles.capacity() {
-                    let len = self.profiles.len();
-                    reserve_slots(&mut self.profiles, len, self.rules.max_profiles);
-                }
-                self.profiles.push(Some(p));
-                let s = (self.profiles.len() - 1) as u32;
+                let s = push_slot(&mut self.profiles, Some(p), self.rules.max_profiles);
                 self.touch(s);
                 s
             }
@@ -739,16 +734,27 @@ const DOUBLING_SLOTS: usize = 1 << 12;
 
 /// Makes room for `slots` profile slots and more. Up to [`DOUBLING_SLOTS`] it makes none (the
 /// caller's pushes double the room); past them the room goes to `max_profiles` (the most a
-/// shard holds, evicting beyond) in one step, and never grows again. Each doubling copied every profile into a new block and faulted that
-/// block's pages in, holding the shard up: 48 MB copied and 96 MB faulted in when half a
-/// million profiles became a million. The room reserved is address space only: a slot's
-/// memory is faulted in when a profile first takes it, as it was while doubling. Small
-/// shards (tests, demos) never reserve it.
+/// shard holds, evicting beyond) in one step, and never grows again. Each doubling copied
+/// every profile into a new block and faulted that block's pages in, holding the shard up:
+/// 48 MB copied and 96 MB faulted in when half a million profiles became a million. The room
+/// reserved is address space only: a slot's memory is faulted in when a profile first takes
+/// it, as it was while doubling. Small shards (tests, demos) never reserve it.
 fn reserve_slots(profiles: &mut Vec<Option<Profile>>, slots: usize, max_profiles: usize) {
     // Should the system refuse that much address space (a huge `max_profiles`), the slots
     // go on doubling.
     let room = slot_room(slots, max_profiles);
     let _ = profiles.try_reserve_exact(room.saturating_sub(profiles.len()));
+}
+
+/// Appends a profile slot, making room as [`reserve_slots`] does when there is none: returns
+/// the new slot.
+fn push_slot(profiles: &mut Vec<Option<Profile>>, p: Option<Profile>, max_profiles: usize) -> u32 {
+    if profiles.len() == profiles.capacity() {
+        let len = profiles.len();
+        reserve_slots(profiles, len, max_profiles);
+    }
+    profiles.push(p);
+    (profiles.len() - 1) as u32
 }
 
 /// The room for `len` profile slots that [`reserve_slots`] makes: `len` itself while the

@@ -811,13 +811,7 @@ fn the_census_counts_what_the_state_holds() {
 fn profile_slots_double_then_take_room_for_max_profiles_in_one_step() {
     let max = DOUBLING_SLOTS * 3;
     let mut slots: Vec<Option<Profile>> = Vec::new();
-    let push = |slots: &mut Vec<Option<Profile>>| {
-        if slots.len() == slots.capacity() {
-            let len = slots.len();
-            reserve_slots(slots, len, max);
-        }
-        slots.push(None);
-    };
+    let push = |slots: &mut Vec<Option<Profile>>| push_slot(slots, None, max);
     while slots.len() <= DOUBLING_SLOTS {
         push(&mut slots);
     }
