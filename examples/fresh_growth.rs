@@ -52,6 +52,11 @@ fn main() {
     for chunk in events.chunks(1000) {
         let (t, faults) = (Instant::now(), minor_faults());
         for e in chunk {
+            // Cloned, not taken: the clone stands for the service's decoding, which allocates
+            // each event as the engine frees the ones before. Events made before timing and
+            // only freed during it left mimalloc free pages that it returned to the system,
+            // and a recurring 6.6 ms chunk (~1,680 faults) at 191k events that the service
+            // does not have.
             engine.ingest(e.clone(), &mut out);
         }
         out.clear();
