@@ -733,8 +733,9 @@ impl Engine {
 const DOUBLING_SLOTS: usize = 1 << 12;
 
 /// Makes room for `slots` profile slots and more. Up to [`DOUBLING_SLOTS`] it makes none (the
-/// caller's pushes double the room); past them the room goes to `max_profiles` (the most a
-/// shard holds, evicting beyond) in one step, and never grows again. Each doubling copied
+/// caller's pushes double the room); past them the room goes to `max_profiles + 1` (the most
+/// a shard holds: a new profile takes its slot before the longest idle one is evicted to make
+/// up for it) in one step, and never grows again. Each doubling copied
 /// every profile into a new block and faulted that block's pages in, holding the shard up:
 /// 48 MB copied and 96 MB faulted in when half a million profiles became a million. The room
 /// reserved is address space only: a slot's memory is faulted in when a profile first takes
@@ -761,7 +762,7 @@ fn push_slot(profiles: &mut Vec<Option<Profile>>, p: Option<Profile>, max_profil
 /// slots double (the caller's push then doubles them).
 fn slot_room(len: usize, max_profiles: usize) -> usize {
     if len >= DOUBLING_SLOTS {
-        len.max(max_profiles)
+        len.max(max_profiles.saturating_add(1))
     } else {
         len
     }

@@ -815,15 +815,15 @@ fn profile_slots_double_then_take_room_for_max_profiles_in_one_step() {
     while slots.len() <= DOUBLING_SLOTS {
         push(&mut slots);
     }
-    assert_eq!(slots.capacity(), max);
-    // Never moved again up to max_profiles.
+    assert_eq!(slots.capacity(), max + 1);
+    // Never moved again up to max_profiles and the one new profile over it.
     let at = slots.as_ptr();
-    while slots.len() < max {
+    while slots.len() <= max {
         push(&mut slots);
     }
     assert_eq!(slots.as_ptr(), at);
     // A restored shard gets the same room.
-    assert_eq!(slot_room(DOUBLING_SLOTS + 1, max), max);
+    assert_eq!(slot_room(DOUBLING_SLOTS + 1, max), max + 1);
     assert_eq!(slot_room(100, max), 100);
     // Room the system cannot give (here: more than the address space): the slots go on
     // doubling.
@@ -833,4 +833,31 @@ fn profile_slots_double_then_take_room_for_max_profiles_in_one_step() {
     assert_eq!(slots.capacity(), before);
     push(&mut slots);
     assert!(slots.capacity() > before);
+}
+
+#[test]
+fn a_shard_at_max_profiles_keeps_its_profile_slots_where_they_are() {
+    // A new profile takes a slot before the longest idle one is evicted: at the cap the
+    // shard briefly holds max_profiles + 1, which must not double the slots (a copy of
+    // every profile, twice the room) the first time it happens.
+    let max = DOUBLING_SLOTS + 8;
+    let config = CONFIG.replace("[engine]\n", &format!("[engine]\nmax_profiles = {max}\n"));
+    let mut r = Run::new(&config);
+    let customer = |i: usize| {
+        web(
+            &format!("e{i}"),
+            i as f64 * 0.01,
+            &format!("c{i}"),
+            "cart.view",
+        )
+    };
+    r.feed((0..max).map(customer));
+    r.engine.flush(&mut r.out);
+    let (at, room) = (r.engine.profiles.as_ptr(), r.engine.profiles.capacity());
+    assert_eq!(room, max + 1);
+    r.feed((max..max + 100).map(customer));
+    r.engine.flush(&mut r.out);
+    assert_eq!(r.engine.stats().profiles_evicted, 100);
+    assert_eq!(r.engine.profiles.as_ptr(), at);
+    assert_eq!(r.engine.profiles.capacity(), room);
 }
