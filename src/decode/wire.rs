@@ -357,6 +357,33 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Varints read as prost reads them: value, bytes taken, and what it rejects.
+        #[test]
+        fn varints_read_as_prost_reads_them(
+            v in any::<u64>(),
+            bits in 0u32..64,
+            tail in prop::collection::vec(any::<u8>(), 0..12),
+            raw in prop::collection::vec(any::<u8>(), 0..14),
+        ) {
+            // Values of every length (the shift spreads them over 1 to 10 bytes), followed by
+            // more bytes or not; then arbitrary bytes.
+            let mut valid = Vec::new();
+            prost::encoding::encode_varint(v >> bits, &mut valid);
+            valid.extend_from_slice(&tail);
+            for bytes in [valid, raw] {
+                let mut ours = bytes.as_slice();
+                let mut theirs = bytes.as_slice();
+                let got = super::varint(&mut ours).ok();
+                let want = prost::encoding::decode_varint(&mut theirs).ok();
+                prop_assert_eq!(got, want);
+                if want.is_some() {
+                    prop_assert_eq!(ours.len(), theirs.len());
+                }
+            }
+        }
+    }
+
     #[test]
     fn utf8_reads_ascii_and_beyond() {
         assert_eq!(super::utf8(b"checkout.payment"), Ok("checkout.payment"));
