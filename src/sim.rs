@@ -566,17 +566,22 @@ pub fn open_checkouts_with(n: u64, tracked: bool, uuid_ids: bool) -> crate::engi
     engine
 }
 
+/// The simulator [`warmed`] runs: `customers`, seed 42, 2 s of disorder.
+pub fn warmed_config(customers: u64) -> SimConfig {
+    SimConfig {
+        seed: 42,
+        customers,
+        disorder: 2000,
+        ..SimConfig::default()
+    }
+}
+
 /// An engine on the example config that has seen 90% of `customers` (the simulator's last
 /// customers start their first session late), and the simulator to continue from: the warm,
 /// realistic state benchmarks and profiling start from. Outputs are discarded.
 pub fn warmed(customers: u64) -> (crate::engine::Engine, Simulator) {
     let mut engine = crate::engine::Engine::from_config(&crate::config::Config::example());
-    let mut sim = Simulator::new(SimConfig {
-        seed: 42,
-        customers,
-        disorder: 2000,
-        ..SimConfig::default()
-    });
+    let mut sim = Simulator::new(warmed_config(customers));
     let mut out = Vec::new();
     while engine.profile_count() < customers as usize * 9 / 10 {
         for e in sim.by_ref().take(10_000) {
