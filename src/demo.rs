@@ -93,6 +93,9 @@ pub async fn run(
             Some(mock)
         }
     };
+    // The simulated traffic's event time runs far faster than the wall clock (see below):
+    // within a minute it is hours ahead of its records' timestamps.
+    demo.config.input.max_ahead = Duration::from_secs(100 * 365 * 86_400);
     let config = &demo.config;
     let service = Service::start(config).await?;
     eprintln!(

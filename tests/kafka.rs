@@ -119,6 +119,8 @@ async fn setup(broker: &Broker, n: &Names, partitions: i32) -> Config {
     c.topics.dead_letter = n.dead_letter.clone();
     // Idle advance would make outputs depend on the wall clock; the sentinels do its job.
     c.engine.idle_advance = Duration::from_secs(3600);
+    // The sentinels are years ahead of their records' timestamps.
+    c.input.max_ahead = SENTINELS_AHEAD;
     c.http.listen = "127.0.0.1:0".into();
     // A small shard queue, so that the backpressure path (hold back, pause, seek, resume)
     // runs in every test.
@@ -458,6 +460,8 @@ fn assert_same(actual: &[String], expected: &[String]) {
 }
 
 const FAR: i64 = 1_900_000_000_000;
+/// `input.max_ahead` for tests with sentinels at [`FAR`].
+const SENTINELS_AHEAD: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_in_alerts_and_summaries_out() {
@@ -562,6 +566,44 @@ async fn bad_input_lands_in_the_dead_letter_topic_with_its_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_from_a_clock_years_ahead_is_dead_lettered_and_moves_nothing() {
+    // One device with its clock ten years ahead, among good traffic. Let in, it would move
+    // the watermark ten years on: every open journey abandoned at once, and all the good
+    // traffic after it late.
+    let broker = Broker::new();
+    let n = names("ahead");
+    let mut config = setup(&broker, &n, 1).await;
+    config.input.max_ahead = Config::example().input.max_ahead;
+    // The sentinel at "now": within the hour the default allows.
+    let now = cxstream::clock::now_millis();
+    let good = by_partition(&events(2, 200), 1, now);
+    let mut ahead = Event::new(
+        "from-the-future",
+        now + 10 * 365 * 86_400_000,
+        Channel::MobileApp,
+        "cart.view",
+        Action::View,
+    );
+    ahead.customer_id = Some("c-skewed".into());
+    let (first, rest) = good[0].split_at(50);
+    let input = vec![[first, &[ahead], rest].concat()];
+    produce(&broker, &n.input, &input).await;
+
+    let service = Service::start(&config).await.unwrap();
+    wait_committed(&broker.bootstrap(), &n, &[good[0].len() as i64 + 1 - 1]).await;
+    assert!(service.stop().await.clean);
+
+    let dlq = read_all(&broker.bootstrap(), &n.dead_letter, 1);
+    assert_eq!(dlq.len(), 1, "only the event from the future");
+    assert_eq!(dlq[0].2["reason"], "future_timestamp");
+    assert_eq!(dlq[0].2["source.offset"], "50");
+    assert!(dlq[0].2["detail"].contains("input.max_ahead"));
+    // The good traffic before and after it is processed as if it had not been there.
+    let want = expected(&good);
+    assert_same(&actual(&broker, &n, &want), &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_service_restores_its_state_and_continues_as_if_never_stopped() {
     let broker = Broker::new();
     let n = names("restart");
@@ -645,7 +687,7 @@ impl Binary {
             "{}\n[http]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"unused:1\"\ngroup_id = \"{}\"\n\
              [kafka.consumer]\n\"auto.commit.interval.ms\" = 100\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\
              [topics]\ninput = [\"{}\"]\nalerts = \"{}\"\njourneys = \"{}\"\ndead_letter = \"{}\"\n\
-             [processing]\nguarantee = \"{guarantee}\"\n",
+             [processing]\nguarantee = \"{guarantee}\"\n[input]\nmax_ahead = \"100y\"\n",
             // The example's journeys and engine settings; the service sections are the test's.
             cxstream::config::EXAMPLE_TOML
                 .split("# ---- The Kafka service")

@@ -925,6 +925,7 @@ type_weight = { bogus = 1.0 }
             [&d.topics.alerts, &d.topics.journeys, &d.topics.dead_letter]
         );
         assert_eq!(e.input.format, d.input.format);
+        assert_eq!(e.input.max_ahead, d.input.max_ahead);
         assert_eq!(e.output.format, d.output.format);
         assert_eq!(e.service.shutdown_timeout, d.service.shutdown_timeout);
         assert_eq!(e.service.max_in_flight, d.service.max_in_flight);

@@ -125,12 +125,17 @@ impl Default for TopicsSection {
 pub struct InputSection {
     /// json | protobuf | auto (detected per message).
     pub format: Format,
+    /// An event whose `occurred_at` is more than this after its Kafka record's timestamp is
+    /// dead-lettered (`future_timestamp`) instead of moving the watermark ahead of the world.
+    #[serde(with = "humantime_serde")]
+    pub max_ahead: Duration,
 }
 
 impl Default for InputSection {
     fn default() -> Self {
         InputSection {
             format: Format::Auto,
+            max_ahead: Duration::from_secs(3600),
         }
     }
 }

@@ -46,6 +46,8 @@ pub enum RejectReason {
     InvalidValue,
     Oversized,
     NoIdentifier,
+    /// Event time too far after the time its Kafka record was written (see [`check_ahead`]).
+    FutureTimestamp,
 }
 
 impl RejectReason {
@@ -57,6 +59,7 @@ impl RejectReason {
         RejectReason::InvalidValue,
         RejectReason::Oversized,
         RejectReason::NoIdentifier,
+        RejectReason::FutureTimestamp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl RejectReason {
             RejectReason::InvalidValue => "invalid_value",
             RejectReason::Oversized => "oversized",
             RejectReason::NoIdentifier => "no_identifier",
+            RejectReason::FutureTimestamp => "future_timestamp",
         }
     }
 }
@@ -314,6 +318,27 @@ fn check_time_range(ms: Millis, shown: &dyn fmt::Display) -> Result<Millis, Reje
         ));
     }
     Ok(ms)
+}
+
+/// Rejects an event time more than `max_ahead` after `written`, when the event's record was
+/// written (its Kafka timestamp). The watermark follows the latest event time, so one event
+/// from a device whose clock is years ahead (or a local time sent as UTC) would move it that
+/// far: every open journey would be abandoned at once, and every later event would be late.
+/// Kafka brokers apply the same rule to record timestamps (`message.timestamp.after.max.ms`,
+/// an hour by default since Kafka 4.0).
+pub fn check_ahead(occurred_at: Millis, written: Millis, max_ahead: Millis) -> Result<(), Reject> {
+    if occurred_at.saturating_sub(written) <= max_ahead {
+        return Ok(());
+    }
+    Err(Reject::new(
+        RejectReason::FutureTimestamp,
+        format!(
+            "`occurred_at` {} is more than {} after its record's timestamp {} (input.max_ahead)",
+            crate::event::format_millis(occurred_at),
+            humantime::format_duration(std::time::Duration::from_millis(max_ahead.max(0) as u64)),
+            crate::event::format_millis(written),
+        ),
+    ))
 }
 
 /// Parses an RFC 3339 timestamp to milliseconds.
@@ -612,6 +637,24 @@ mod tests {
  "outcome": "failure", "error_code": "card_declined",
  "survey": {"kind": "nps", "score": 3}, "value": 129.90,
  "segment": "consumer", "tier": "gold", "attributes": {"element": "pay-button"}, "extra": [1,2]}"#;
+
+    #[test]
+    fn an_event_too_far_after_its_record_is_rejected_with_both_times() {
+        let written = parse_rfc3339("2026-11-24T10:00:00Z").unwrap();
+        let hour = 3_600_000;
+        assert_eq!(check_ahead(written + hour, written, hour), Ok(()));
+        assert_eq!(check_ahead(written - 86_400_000, written, hour), Ok(()));
+        let r = check_ahead(written + hour + 1, written, hour).unwrap_err();
+        assert_eq!(r.reason, RejectReason::FutureTimestamp);
+        assert_eq!(
+            r.detail,
+            "`occurred_at` 2026-11-24T11:00:00.001Z is more than 1h after its record's \
+             timestamp 2026-11-24T10:00:00.000Z (input.max_ahead)"
+        );
+        // Extreme record times neither overflow nor let an event through.
+        assert!(check_ahead(MAX_TIME, Millis::MIN, hour).is_err());
+        assert_eq!(check_ahead(MIN_TIME, Millis::MAX, hour), Ok(()));
+    }
 
     #[test]
     fn json_strings_are_borrowed_unless_escaped() {

@@ -541,6 +541,7 @@ pub(crate) fn consume(
             Some(Ok(m)) => {
                 let msg = ShardMsg {
                     offset: m.offset(),
+                    timestamp: m.timestamp().to_millis(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
                 };

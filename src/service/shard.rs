@@ -40,7 +40,7 @@ use super::ledger::Ledger;
 use super::records::{dead_letter, output_record, Dest, Origin, OutRecord};
 use crate::alert::Output;
 use crate::config::{Config, Guarantee};
-use crate::decode::decode;
+use crate::decode::{check_ahead, decode};
 use crate::engine::snapshot::{InputPosition, StateRecord};
 use crate::engine::{Engine, Ingest, Rules};
 use crate::event::{millis, Millis};
@@ -50,6 +50,8 @@ use crate::telemetry;
 #[derive(Debug)]
 pub(crate) struct ShardMsg {
     pub(crate) offset: i64,
+    /// The record's timestamp (ms), when it has one.
+    pub(crate) timestamp: Option<i64>,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) payload: Option<Vec<u8>>,
 }
@@ -387,7 +389,14 @@ impl Shard {
         self.changed = true;
         self.metrics.consumed();
         let payload = m.payload.as_deref().unwrap_or_default();
-        let reject = match decode(payload, self.env.config.input.format) {
+        let input = &self.env.config.input;
+        let decoded = decode(payload, input.format).and_then(|e| {
+            if let Some(written) = m.timestamp {
+                check_ahead(e.occurred_at, written, millis(input.max_ahead))?;
+            }
+            Ok(e)
+        });
+        let reject = match decoded {
             Err(r) => Some((r.reason.as_str(), r.detail)),
             Ok(event) => {
                 let t = event.occurred_at;
