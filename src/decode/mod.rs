@@ -324,8 +324,8 @@ fn check_time_range(ms: Millis, shown: &dyn fmt::Display) -> Result<Millis, Reje
 /// written (its Kafka timestamp). The watermark follows the latest event time, so one event
 /// from a device whose clock is years ahead (or a local time sent as UTC) would move it that
 /// far: every open journey would be abandoned at once, and every later event would be late.
-/// Kafka brokers apply the same rule to record timestamps (`message.timestamp.after.max.ms`,
-/// an hour by default since Kafka 4.0).
+/// Kafka brokers can hold record timestamps to a like bound (`message.timestamp.after.max.ms`,
+/// an hour by default on recent brokers).
 pub fn check_ahead(occurred_at: Millis, written: Millis, max_ahead: Millis) -> Result<(), Reject> {
     if occurred_at.saturating_sub(written) <= max_ahead {
         return Ok(());
