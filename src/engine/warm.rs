@@ -93,7 +93,14 @@ impl Engine {
             let (first, last) = (p.keys.first(), p.keys.last());
             sum = sum.wrapping_add(first.zip(last).map_or(0, |(a, b)| a ^ b));
             for i in &p.open {
-                sum = sum.wrapping_add(i.id ^ i.last as u64 ^ u64::from(i.journey));
+                // An instance spans three cache lines: its steps and evidence ring are
+                // written when an event is applied.
+                sum = sum.wrapping_add(
+                    i.id ^ i.last as u64
+                        ^ u64::from(i.journey)
+                        ^ i.steps.len() as u64
+                        ^ i.recent.warm(),
+                );
             }
             if let Some(x) = &p.extra {
                 let closed = x.closed.first().map_or(0, |c| c.ended as u64);
