@@ -420,7 +420,6 @@ async fn wait_read(bootstrap: &str, n: &Names, want: &[i64]) {
     }
 }
 
-/// Waits (polling the broker) until the group has committed at least `want` per partition.
 /// Runs the service until `want` is committed, then stops it; the stop must be clean.
 async fn serve_until_committed(config: &Config, broker: &Broker, n: &Names, want: &[i64]) {
     let service = Service::start(config).await.unwrap();
@@ -429,6 +428,7 @@ async fn serve_until_committed(config: &Config, broker: &Broker, n: &Names, want
     assert!(report.clean, "{report:?}");
 }
 
+/// Waits (polling the broker) until the group has committed at least `want` per partition.
 async fn wait_committed(bootstrap: &str, n: &Names, want: &[i64]) {
     let deadline = Instant::now() + WAIT;
     loop {
