@@ -392,7 +392,7 @@ impl Shard {
         let input = &self.env.config.input;
         let decoded = decode(payload, input.format).and_then(|e| {
             if let Some(written) = m.timestamp {
-                check_ahead(e.occurred_at, written, millis(input.max_ahead))?;
+                check_ahead(e.occurred_at, written, input.max_ahead)?;
             }
             Ok(e)
         });
