@@ -735,11 +735,11 @@ const DOUBLING_SLOTS: usize = 1 << 12;
 /// Makes room for `slots` profile slots and more. Up to [`DOUBLING_SLOTS`] it makes none (the
 /// caller's pushes double the room); past them the room goes to `max_profiles + 1` (the most
 /// a shard holds: a new profile takes its slot before the longest idle one is evicted to make
-/// up for it) in one step, and never grows again. Each doubling copied
-/// every profile into a new block and faulted that block's pages in, holding the shard up:
-/// 48 MB copied and 96 MB faulted in when half a million profiles became a million. The room
-/// reserved is address space only: a slot's memory is faulted in when a profile first takes
-/// it, as it was while doubling. Small shards (tests, demos) never reserve it.
+/// up for it) in one step, and never grows again. Each doubling copied every profile into a
+/// new block and faulted that block's pages in, holding the shard up: 48 MB copied and 96 MB
+/// faulted in when half a million profiles became a million. The room reserved is address
+/// space only: a slot's memory is faulted in when a profile first takes it, as it was while
+/// doubling. Small shards (tests, demos) never reserve it.
 fn reserve_slots(profiles: &mut Vec<Option<Profile>>, slots: usize, max_profiles: usize) {
     // Should the system refuse that much address space (a huge `max_profiles`), the slots
     // go on doubling.
