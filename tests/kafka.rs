@@ -606,6 +606,48 @@ async fn an_event_from_a_clock_years_ahead_is_dead_lettered_and_moves_nothing() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_broker_refuses_are_produced_again_until_acknowledged() {
+    // With `at_least_once`, a record the broker does not take is produced again after a
+    // backoff, and its input stays uncommitted until it is acknowledged. The mock refuses the
+    // next produce requests with an error librdkafka does not retry itself.
+    let broker = Broker::new();
+    let Broker::Mock(mock) = &broker else {
+        return; // refusals are injected into the mock cluster only
+    };
+    let n = names("refused");
+    let mut config = setup(&broker, &n, 1).await;
+    config.processing.guarantee = cxstream::config::Guarantee::AtLeastOnce;
+    let parts = by_partition(&events(3, 400), 1, FAR);
+    produce(&broker, &n.input, &parts).await;
+    let refusal = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+    mock.request_errors(rdkafka::types::RDKafkaApiKey::Produce, &[refusal; 3]);
+
+    let service = Service::start(&config).await.unwrap();
+    wait_committed(&broker.bootstrap(), &n, &ends_before_sentinels(&parts)).await;
+    let metrics = ureq::get(&format!("http://{}/metrics", service.http_addr()))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let report = service.stop().await;
+    assert!(report.clean, "{report:?}");
+
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("cx_produce_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        refused >= 3.0,
+        "refused produce attempts counted: {refused}"
+    );
+    // Every output once: the refused records were produced again, none twice.
+    let want = expected(&parts);
+    assert_same(&actual(&broker, &n, &want), &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_service_restores_its_state_and_continues_as_if_never_stopped() {
     let broker = Broker::new();
     let n = names("restart");

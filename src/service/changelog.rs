@@ -18,7 +18,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer as _;
+
+use super::producer::Producer;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Offset;
@@ -44,7 +46,7 @@ fn base_config(c: &Config) -> ClientConfig {
 /// Makes sure the changelog topic exists with a partition per input partition, creating it
 /// (compacted) if missing. Brokers that cannot create topics (the mock cluster) need it made
 /// beforehand; then only its partition count is checked.
-pub(crate) async fn ensure_topic(c: &Config, producer: &FutureProducer) -> anyhow::Result<()> {
+pub(crate) async fn ensure_topic(c: &Config, producer: &Producer) -> anyhow::Result<()> {
     let name = c.topics.changelog(&c.kafka.group_id);
     let partitions = |topic: String| {
         let producer = producer.clone();
@@ -220,15 +222,13 @@ pub(crate) fn transactional_producer(
     c: &Config,
     topic: &str,
     partition: i32,
-) -> anyhow::Result<FutureProducer> {
+) -> anyhow::Result<Producer> {
     let mut cc = super::producer_config(c);
     cc.set(
         "transactional.id",
         format!("{}-{topic}-{partition}", c.kafka.group_id),
     );
-    let p: FutureProducer = cc
-        .create()
-        .context("cannot create the transactional producer")?;
+    let p = Producer::new(&cc).context("cannot create the transactional producer")?;
     p.init_transactions(PATIENCE)
         .with_context(|| format!("cannot initialise transactions for {topic} [{partition}]"))?;
     p.begin_transaction()

@@ -10,6 +10,8 @@
 //! - [`ledger`]: which input offset a commit records (the oldest event not yet applied; the
 //!   shard's commit waits for the outputs before it to be acknowledged).
 //! - [`records`]: the bytes and headers written to each output topic.
+//! - [`producer`]: the producer, whose delivery reports go back to the shard that sent each
+//!   record.
 //!
 //! Queues between the consumer, shards and producer are bounded: a shard stops taking input
 //! while `service.max_in_flight` outputs await acknowledgement, and a full shard queue pauses
@@ -19,6 +21,7 @@ pub mod changelog;
 mod consumer;
 pub mod http;
 pub mod ledger;
+mod producer;
 pub mod records;
 mod shard;
 
@@ -30,7 +33,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer as _;
+
+use producer::Producer;
 use tokio::sync::{oneshot, watch};
 
 pub use consumer::Status;
@@ -95,7 +100,7 @@ pub struct Service {
     done: oneshot::Receiver<bool>,
     /// Ends once the consumer has closed (left the group).
     closed: oneshot::Receiver<()>,
-    producer: FutureProducer,
+    producer: Producer,
     status: watch::Receiver<Status>,
     shutdown_timeout: Duration,
 }
@@ -117,9 +122,8 @@ impl Service {
             &config.kafka.group_id,
             &config.topics.input,
         );
-        let producer: FutureProducer = producer_config(config)
-            .create()
-            .context("cannot create the Kafka producer")?;
+        let producer =
+            Producer::new(&producer_config(config)).context("cannot create the Kafka producer")?;
         changelog::ensure_topic(config, &producer).await?;
         let env = Arc::new(shard::ShardEnv::new(config, producer.clone()));
         let (status_tx, status) = watch::channel(Status::default());

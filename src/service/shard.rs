@@ -21,22 +21,20 @@
 //! restored `replay_until` were handled before; their rejections are not dead-lettered twice.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer as _};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::Offset;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ledger::Ledger;
+use super::producer::{Acked, Delivered, Failed, Producer, Sent, Unsent};
 use super::records::{dead_letter, output_record, Dest, Origin, OutRecord};
 use crate::alert::Output;
 use crate::config::{Config, Guarantee};
@@ -60,7 +58,7 @@ pub(crate) struct ShardMsg {
 pub(crate) struct ShardStart {
     pub(crate) engine: Engine,
     /// The shard's transactional producer (`exactly_once`), a transaction already begun.
-    pub(crate) producer: Option<FutureProducer>,
+    pub(crate) producer: Option<Producer>,
     pub(crate) position: Option<InputPosition>,
 }
 
@@ -75,7 +73,7 @@ pub(crate) struct ShardExit {
 /// What every shard shares: the producer and the settings.
 pub(crate) struct ShardEnv {
     /// The shared producer (`at_least_once`); with `exactly_once` each shard has its own.
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: Producer,
     /// The service's configuration (topics, formats, limits are read from it).
     pub(crate) config: Config,
     /// The consumer group's current generation, for `send_offsets_to_transaction`; refreshed
@@ -90,7 +88,7 @@ pub(crate) struct ShardEnv {
 }
 
 impl ShardEnv {
-    pub(crate) fn new(c: &Config, producer: FutureProducer) -> ShardEnv {
+    pub(crate) fn new(c: &Config, producer: Producer) -> ShardEnv {
         ShardEnv {
             producer,
             config: c.clone(),
@@ -145,17 +143,17 @@ enum Outgoing {
     },
 }
 
-/// What a delivery resolved to.
-struct Delivered {
-    /// The commit epoch the record was sent in (see [`PendingCommit`]).
-    epoch: u64,
-    /// Whether the broker acknowledged the record.
-    ok: bool,
-    /// For an acknowledged output: how long after its input was consumed.
-    latency: Option<Duration>,
-}
+/// The first wait before an undelivered record is produced again (`at_least_once`); it
+/// doubles with each failure, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-type Delivery = Pin<Box<dyn Future<Output = Delivered> + Send>>;
+/// The wait before a record is offered again to a producer whose queue was full (not a
+/// failure: the queue drains at the broker's pace).
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(10);
+
+/// How often records waiting to be produced again are looked at.
+const RESEND_TICK: Duration = Duration::from_millis(10);
 
 /// An `at_least_once` commit under way. Records are sent in numbered epochs; a checkpoint
 /// closes the current one once its last profile is written. Once every record of epoch
@@ -194,10 +192,16 @@ pub(crate) struct Shard {
     partition: i32,
     env: Arc<ShardEnv>,
     engine: Engine,
-    producer: FutureProducer,
+    producer: Producer,
     transactional: bool,
     ledger: Ledger,
-    deliveries: FuturesUnordered<Delivery>,
+    /// Delivery reports of the records this shard produced (see [`super::producer`]).
+    reports: mpsc::UnboundedSender<Delivered>,
+    delivered: mpsc::UnboundedReceiver<Delivered>,
+    /// Records produced and not yet acknowledged (or given up on), waiting ones included.
+    unacked: usize,
+    /// Records to produce again, and when.
+    waiting: Vec<(Instant, Unsent)>,
     out: Vec<Output>,
     last_arrival: Instant,
     /// Until a message arrives: wall clock of the newest message, as restored (idle advance
@@ -235,6 +239,7 @@ impl Shard {
         now: Instant,
     ) -> Shard {
         let transactional = start.producer.is_some();
+        let (reports, delivered) = mpsc::unbounded_channel();
         let mut shard = Shard {
             metrics: telemetry::ShardMetrics::new(&topic, partition, env.labels.clone()),
             engine: start.engine,
@@ -244,7 +249,10 @@ impl Shard {
             partition,
             env,
             ledger: Ledger::new(),
-            deliveries: FuturesUnordered::new(),
+            reports,
+            delivered,
+            unacked: 0,
+            waiting: Vec::new(),
             out: Vec::new(),
             last_arrival: now,
             restored_arrival: start.position.map(|p| p.arrived_at),
@@ -280,6 +288,7 @@ impl Shard {
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pace = tokio::time::interval(Duration::from_millis(1));
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut resend = resend_interval();
         let reply = loop {
             tokio::select! {
                 // Timers before input: with a backlog, input is always ready, and a commit or
@@ -297,8 +306,9 @@ impl Shard {
                     self.idle(Instant::now());
                     self.publish_metrics();
                 }
-                Some(d) = self.deliveries.next(), if !self.deliveries.is_empty() => self.delivered(d),
-                msg = rx.recv(), if self.deliveries.len() < self.env.config.service.max_in_flight => match msg {
+                Some(d) = self.delivered.recv() => self.delivered(d),
+                _ = resend.tick(), if !self.waiting.is_empty() => self.resend(Instant::now()),
+                msg = rx.recv(), if self.unacked < self.env.config.service.max_in_flight => match msg {
                     Some(m) => self.take(m, &mut rx),
                     // The consumer dropped its handle: either it sent a stop request just
                     // before (both go together in `stop_shards`; this turn polled `stop`
@@ -353,7 +363,7 @@ impl Shard {
         self.process(first, now);
         let limit = self.env.config.service.max_in_flight;
         for _ in 1..BATCH {
-            if self.deliveries.len() >= limit {
+            if self.unacked >= limit {
                 break;
             }
             match rx.try_recv() {
@@ -364,19 +374,80 @@ impl Shard {
         self.step_checkpoint(now);
     }
 
+    /// Takes a delivery report, and any others already in.
     fn delivered(&mut self, d: Delivered) {
-        if let Some(n) = self.outstanding.get_mut(&d.epoch) {
+        self.report(d);
+        while let Ok(d) = self.delivered.try_recv() {
+            self.report(d);
+        }
+    }
+
+    fn report(&mut self, d: Delivered) {
+        match d {
+            Ok(Acked { epoch, latency }) => {
+                if let Some(latency) = latency {
+                    self.metrics.acknowledged(latency);
+                }
+                self.settled(epoch);
+            }
+            Err(f) => self.not_sent(*f),
+        }
+    }
+
+    /// A record of `epoch` is acknowledged, or given up on.
+    fn settled(&mut self, epoch: u64) {
+        self.unacked -= 1;
+        if let Some(n) = self.outstanding.get_mut(&epoch) {
             *n -= 1;
             if *n == 0 {
-                self.outstanding.remove(&d.epoch);
+                self.outstanding.remove(&epoch);
                 self.advance_commit();
             }
         }
-        if let Some(latency) = d.latency {
-            self.metrics.acknowledged(latency);
+    }
+
+    /// A record librdkafka refused or did not deliver. With `at_least_once` it is produced
+    /// again after a backoff: an output is never given up on (its input stays uncommitted
+    /// meanwhile). In a transaction (where librdkafka already retried) a failure is final:
+    /// the transaction must abort.
+    fn not_sent(
+        &mut self,
+        Failed {
+            error: e,
+            mut unsent,
+        }: Failed,
+    ) {
+        let now = Instant::now();
+        if let KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) = e {
+            self.waiting.push((now + QUEUE_FULL_WAIT, unsent));
+            return;
         }
-        if !d.ok && self.failure.is_none() {
-            self.failure = Some("a record of the open transaction was not delivered".into());
+        let backoff = unsent.sent.backoff;
+        telemetry::produce_failed(unsent.topic(), &e, backoff);
+        telemetry::produce_error(unsent.topic());
+        if unsent.sent.retry {
+            unsent.sent.backoff = (backoff * 2).min(MAX_BACKOFF);
+            self.waiting.push((now + backoff, unsent));
+        } else {
+            if self.failure.is_none() {
+                self.failure = Some("a record of the open transaction was not delivered".into());
+            }
+            self.settled(unsent.sent.epoch);
+        }
+    }
+
+    /// Produces again the waiting records that are due.
+    fn resend(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if self.waiting[i].0 > now {
+                i += 1;
+                continue;
+            }
+            let (_, unsent) = self.waiting.swap_remove(i);
+            if let Err(f) = unsent.send(&self.producer) {
+                self.not_sent(*f);
+            }
         }
     }
 
@@ -508,25 +579,72 @@ impl Shard {
         }
     }
 
-    /// Produces `rec`; `cause` is when the message that caused it was consumed.
+    /// Produces `rec`; `cause` is when the message that caused it was consumed. Its delivery
+    /// report comes back through `self.delivered`.
     fn send(&mut self, rec: Outgoing, cause: Instant) {
-        let env = self.env.clone();
-        let producer = self.producer.clone();
-        let partition = self.partition;
-        let retry = !self.transactional;
-        let output = matches!(rec, Outgoing::Output(..));
         let epoch = self.epoch;
         *self.outstanding.entry(epoch).or_default() += 1;
-        self.deliveries.push(Box::pin(async move {
-            let ok = deliver(&env, &producer, rec, partition, retry).await;
-            let latency = (ok && output).then(|| cause.elapsed());
-            Delivered { epoch, ok, latency }
-        }));
+        self.unacked += 1;
+        let (topic, key, payload, headers, tag, partition) = match &rec {
+            Outgoing::Output(r, tag) => (
+                self.env.topic(r.dest),
+                r.key.as_deref(),
+                Some(r.payload.as_slice()),
+                r.headers.as_slice(),
+                Some(tag.as_bytes()),
+                None,
+            ),
+            Outgoing::State { key, value } => (
+                self.env.changelog.as_str(),
+                Some(key.as_slice()),
+                value.as_deref(),
+                &[][..],
+                None,
+                Some(self.partition),
+            ),
+        };
+        let sent = Box::new(Sent {
+            to: self.reports.clone(),
+            epoch,
+            cause: tag.is_some().then_some(cause),
+            partition,
+            retry: !self.transactional,
+            backoff: FIRST_BACKOFF,
+        });
+        let mut record = BaseRecord::with_opaque_to(topic, sent);
+        if let Some(tag) = tag {
+            let mut h = OwnedHeaders::new_with_capacity(headers.len() + 1);
+            for (key, value) in headers {
+                h = h.insert(Header {
+                    key,
+                    value: Some(value.as_ref()),
+                });
+            }
+            h = h.insert(Header {
+                key: "source.commit",
+                value: Some(tag),
+            });
+            record.headers = Some(h);
+        }
+        record.payload = payload;
+        record.key = key;
+        record.partition = partition;
+        if let Err((error, record)) = self.producer.send(record) {
+            self.not_sent(Failed {
+                error,
+                unsent: Unsent::from_record(record),
+            });
+        }
     }
 
+    /// Waits until every record produced is acknowledged (or, in a transaction, failed).
     async fn drain_deliveries(&mut self) {
-        while let Some(d) = self.deliveries.next().await {
-            self.delivered(d);
+        let mut resend = resend_interval();
+        while self.unacked > 0 {
+            tokio::select! {
+                Some(d) = self.delivered.recv() => self.delivered(d),
+                _ = resend.tick(), if !self.waiting.is_empty() => self.resend(Instant::now()),
+            }
         }
     }
 
@@ -791,81 +909,10 @@ fn commit_tag(topic: &str, partition: i32, commit: u64, writer: u64) -> String {
     format!("{topic}/{partition}/{commit}/{writer:x}")
 }
 
-/// Produces one record. With `retry` (at-least-once) it retries with backoff until the broker
-/// acknowledges it: an output is never given up on (its input stays uncommitted meanwhile).
-/// Without (inside a transaction, where librdkafka already retried), a failure is final: the
-/// transaction must abort. Returns whether the record was acknowledged.
-async fn deliver(
-    env: &ShardEnv,
-    producer: &FutureProducer,
-    rec: Outgoing,
-    partition: i32,
-    retry: bool,
-) -> bool {
-    let (topic, key, payload, headers, tag, partition) = match &rec {
-        Outgoing::Output(r, tag) => (
-            env.topic(r.dest),
-            r.key.as_deref(),
-            Some(r.payload.as_slice()),
-            r.headers.as_slice(),
-            Some(tag.as_bytes()),
-            None,
-        ),
-        Outgoing::State { key, value } => (
-            env.changelog.as_str(),
-            Some(key.as_slice()),
-            value.as_deref(),
-            &[][..],
-            None,
-            Some(partition),
-        ),
-    };
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
-        if let Some(tag) = tag {
-            let mut h = OwnedHeaders::new_with_capacity(headers.len() + 1);
-            for (key, value) in headers {
-                h = h.insert(Header {
-                    key,
-                    value: Some(value.as_ref()),
-                });
-            }
-            h = h.insert(Header {
-                key: "source.commit",
-                value: Some(tag),
-            });
-            record = record.headers(h);
-        }
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(p) = partition {
-            record = record.partition(p);
-        }
-        let failure = match producer.send_result(record) {
-            Ok(delivery) => match delivery.await {
-                Ok(Ok(_)) => return true,
-                Ok(Err((e, _))) => Some(e),
-                Err(_) => Some(KafkaError::Canceled),
-            },
-            // The producer's queue is full: wait for it to drain (not an error).
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => None,
-            Err((e, _)) => Some(e),
-        };
-        if let Some(e) = failure {
-            telemetry::produce_failed(topic, &e, backoff);
-            telemetry::produce_error(topic);
-            if !retry {
-                return false;
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+fn resend_interval() -> tokio::time::Interval {
+    let mut resend = tokio::time::interval(RESEND_TICK);
+    resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    resend
 }
 
 fn changelog_written(records: &[StateRecord]) {
@@ -891,7 +938,7 @@ mod tests {
     async fn a_shard_whose_input_closes_before_its_stop_request_arrives_still_answers_it() {
         let mut config = Config::example();
         config.kafka.brokers = "127.0.0.1:9".into(); // never contacted: nothing is produced
-        let producer: FutureProducer = crate::service::producer_config(&config).create().unwrap();
+        let producer = Producer::new(&crate::service::producer_config(&config)).unwrap();
         let env = Arc::new(ShardEnv::new(&config, producer));
         let start = ShardStart {
             engine: Engine::new(env.rules.clone()),
