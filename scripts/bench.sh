@@ -17,6 +17,9 @@ cargo run --release --example pauses -- "${CXSTREAM_BENCH_PROFILES:-1000000}" 30
 # Longest insert when the dedup table and the identity index grow.
 cargo run --release --example table_growth -- dedup
 cargo run --release --example table_growth -- index
+# CPU of an idle service (no input) owning 16 partitions, per guarantee.
+cargo run --release --example idle_cpu -- 16 exactly_once
+cargo run --release --example idle_cpu -- 16 at_least_once
 # End to end (and catch-up after a restart): three runs per guarantee, alternating, on all
 # cores; then one worker thread.
 for run in 1 2 3; do
