@@ -679,8 +679,8 @@ impl Shard {
             for r in records {
                 self.send_state(r, now);
             }
-            // Delivered (so produced) before the commit: a delivery future only produces
-            // its record once polled.
+            // Delivered before the commit: a record waiting for room in a full producer
+            // queue is not in the transaction yet, and a failed one must abort it.
             self.drain_deliveries().await;
             self.check_deliveries()?;
             self.end_transaction(resume_at, last).await?;
