@@ -141,19 +141,22 @@ impl ProducerContext for Reports {
     type DeliveryOpaque = Box<Sent>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
-        let to = sent.to.clone();
-        let report = match result {
-            Ok(_) => Ok(Acked {
-                epoch: sent.epoch,
-                latency: sent.cause.map(|c| c.elapsed()),
-            }),
-            Err((e, m)) => Err(Box::new(Failed {
-                error: e.clone(),
-                unsent: Unsent::from_message(m, sent),
-            })),
-        };
         // A shard that is gone no longer waits for its reports.
-        let _ = to.send(report);
+        match result {
+            Ok(_) => {
+                let _ = sent.to.send(Ok(Acked {
+                    epoch: sent.epoch,
+                    latency: sent.cause.map(|c| c.elapsed()),
+                }));
+            }
+            Err((e, m)) => {
+                let to = sent.to.clone();
+                let _ = to.send(Err(Box::new(Failed {
+                    error: e.clone(),
+                    unsent: Unsent::from_message(m, sent),
+                })));
+            }
+        }
     }
 }
 
