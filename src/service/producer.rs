@@ -25,10 +25,11 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::telemetry;
 
-/// How long the polling thread waits for delivery reports at a time: librdkafka is polled
-/// with the time left rounded down to a millisecond, so a whole number of milliseconds left
-/// ~1 ms polled without waiting. The 50 µs over lets the last wait end past the deadline
-/// (a wait ends at least the kernel's 50 µs timer slack late).
+/// How long the polling thread waits for delivery reports at a time. rdkafka polls
+/// librdkafka with the time left rounded down to a millisecond, so a whole number of
+/// milliseconds left most of the last one to poll without waiting. With 50 µs over, the last
+/// wait ends at most 50 µs before the deadline (usually after it: a timed wait wakes up to the
+/// kernel's 50 µs timer slack late), and that is all that is polled without waiting.
 const POLL: Duration = Duration::from_micros(100_050);
 
 /// A record on its way: what its delivery report needs to reach its shard.
