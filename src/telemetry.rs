@@ -677,7 +677,7 @@ pub fn describe(catalog: &Catalog, output_topics: &[&str]) {
     );
     describe_counter!(
         "cx_produce_errors_total",
-        "Failed produce attempts (each retried), by topic."
+        "Failed produce attempts, by topic (at_least_once retries each; exactly_once aborts the transaction)."
     );
     describe_counter!(
         "cx_commits_total",
