@@ -606,6 +606,25 @@ async fn an_event_from_a_clock_years_ahead_is_dead_lettered_and_moves_nothing() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_holds_records_back_and_loses_none() {
+    // librdkafka's queue takes 8 records at a time here: most sends find it full, and the
+    // shard offers them again once it drains (before a transaction commits, too).
+    let broker = Broker::new();
+    let n = names("queuefull");
+    let mut config = setup(&broker, &n, 2).await;
+    let producer = &mut config.kafka.producer.0;
+    producer.insert("queue.buffering.max.messages".into(), "8".into());
+    let parts = by_partition(&events(4, 1_500), 2, FAR);
+    produce(&broker, &n.input, &parts).await;
+
+    serve_until_committed(&config, &broker, &n, &ends_before_sentinels(&parts)).await;
+
+    let want = expected(&parts);
+    assert!(want.len() > 100, "plenty of outputs to hold back");
+    assert_same(&actual(&broker, &n, &want), &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_the_broker_refuses_are_produced_again_until_acknowledged() {
     // With `at_least_once`, a record the broker does not take is produced again after a
     // backoff, and its input stays uncommitted until it is acknowledged. The mock refuses the
