@@ -569,6 +569,31 @@ async fn bad_input_lands_in_the_dead_letter_topic_with_its_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_to_dead_letter_whole_is_dead_lettered_truncated() {
+    // The input topic takes larger messages than the service's producer may send (here
+    // 20,000 bytes; librdkafka's default is 1,000,000, a broker's 1,048,588).
+    let broker = Broker::new();
+    let n = names("dlqbig");
+    let mut config = setup(&broker, &n, 1).await;
+    let producer = &mut config.kafka.producer.0;
+    producer.insert("message.max.bytes".into(), "20000".into());
+    let good = by_partition(&events(2, 100), 1, FAR);
+    let big = vec![b'x'; 30_000];
+    produce_raw(&broker, &n.input, 0, &big).await;
+    produce(&broker, &n.input, &good).await;
+
+    serve_until_committed(&config, &broker, &n, &[good[0].len() as i64]).await;
+
+    let dlq = read_all(&broker.bootstrap(), &n.dead_letter, 1);
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].2["source.offset"], "0");
+    assert_eq!(dlq[0].2["payload.truncated_from"], "30000");
+    assert!(dlq[0].1.len() > 15_000 && dlq[0].1.iter().all(|&b| b == b'x'));
+    let want = expected(&good);
+    assert_same(&actual(&broker, &n, &want), &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_from_a_clock_years_ahead_is_dead_lettered_and_moves_nothing() {
     // One device with its clock ten years ahead, among good traffic. Let in, it would move
     // the watermark ten years on: every open journey abandoned at once, and all the good

@@ -80,28 +80,55 @@ pub struct Origin<'a> {
     pub offset: i64,
 }
 
+/// Bytes of a record that are not its key, payload or the headers written here: the
+/// `source.commit` header the shard adds (~60 bytes) and librdkafka's own accounting of each
+/// header (a few bytes), with room to spare.
+const RECORD_OVERHEAD: usize = 1024;
+
 /// A rejected input message: its original key and bytes unchanged, with why and where from.
+///
+/// The input topic may take larger messages than the producer may send (librdkafka's
+/// `message.max.bytes`, `max_bytes` here, is 1,000,000 by default; a broker's limit is
+/// 1,048,588). A dead letter that would not fit keeps the start of the payload, as much as
+/// fits, and its `payload.truncated_from` header gives the original size. Sent whole, it was
+/// refused every time: with `exactly_once` the shard failed, and again after every restart;
+/// with `at_least_once` it was retried forever, and its partition's input was never committed
+/// again.
 pub fn dead_letter(
     key: Option<&[u8]>,
     payload: &[u8],
     reason: &str,
     detail: &str,
     from: Origin<'_>,
+    max_bytes: usize,
 ) -> OutRecord {
+    let mut headers: Vec<(&'static str, Cow<'static, [u8]>)> = vec![
+        ("reason", reason.as_bytes().to_vec().into()),
+        ("detail", detail.as_bytes().to_vec().into()),
+        ("source.topic", from.topic.as_bytes().to_vec().into()),
+        (
+            "source.partition",
+            from.partition.to_string().into_bytes().into(),
+        ),
+        ("source.offset", from.offset.to_string().into_bytes().into()),
+    ];
+    let size = |headers: &[(&str, Cow<'_, [u8]>)]| {
+        let named: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        key.map_or(0, <[u8]>::len) + named + RECORD_OVERHEAD
+    };
+    let mut kept = payload;
+    if size(&headers) + payload.len() > max_bytes {
+        headers.push((
+            "payload.truncated_from",
+            payload.len().to_string().into_bytes().into(),
+        ));
+        kept = &payload[..max_bytes.saturating_sub(size(&headers)).min(payload.len())];
+    }
     OutRecord {
         dest: Dest::DeadLetter,
         key: key.map(<[u8]>::to_vec),
-        payload: payload.to_vec(),
-        headers: vec![
-            ("reason", reason.as_bytes().to_vec().into()),
-            ("detail", detail.as_bytes().to_vec().into()),
-            ("source.topic", from.topic.as_bytes().to_vec().into()),
-            (
-                "source.partition",
-                from.partition.to_string().into_bytes().into(),
-            ),
-            ("source.offset", from.offset.to_string().into_bytes().into()),
-        ],
+        payload: kept.to_vec(),
+        headers,
     }
 }
 
@@ -175,7 +202,14 @@ mod tests {
             partition: 3,
             offset: 42,
         };
-        let r = dead_letter(Some(b"k"), b"\xff not json", "malformed", "bad byte", from);
+        let r = dead_letter(
+            Some(b"k"),
+            b"\xff not json",
+            "malformed",
+            "bad byte",
+            from,
+            1_000_000,
+        );
         assert_eq!(r.dest, Dest::DeadLetter);
         assert_eq!(r.payload, b"\xff not json");
         assert_eq!(r.key.as_deref(), Some(&b"k"[..]));
@@ -183,5 +217,68 @@ mod tests {
         assert_eq!(header(&r, "source.topic"), b"cx.interactions");
         assert_eq!(header(&r, "source.partition"), b"3");
         assert_eq!(header(&r, "source.offset"), b"42");
+        assert!(r
+            .headers
+            .iter()
+            .all(|(k, _)| *k != "payload.truncated_from"));
+    }
+
+    /// What librdkafka counts against `message.max.bytes`, roughly: key, payload, headers.
+    fn counted(r: &OutRecord) -> usize {
+        let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        r.key.as_ref().map_or(0, Vec::len) + r.payload.len() + headers
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_for_the_producer_keeps_what_fits_and_says_so() {
+        let from = Origin {
+            topic: "cx.interactions",
+            partition: 0,
+            offset: 7,
+        };
+        let payload: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
+        let r = dead_letter(Some(b"key"), &payload, "oversized", "too big", from, 20_000);
+        assert_eq!(header(&r, "payload.truncated_from"), b"50000");
+        assert!(payload.starts_with(&r.payload), "the start of the original");
+        assert!(counted(&r) + RECORD_OVERHEAD <= 20_000);
+        assert!(
+            counted(&r) + RECORD_OVERHEAD > 20_000 - 10,
+            "as much as fits"
+        );
+        // What fits is sent whole, to the byte.
+        let whole = 20_000
+            - RECORD_OVERHEAD
+            - counted(&dead_letter(
+                Some(b"key"),
+                b"",
+                "oversized",
+                "too big",
+                from,
+                20_000,
+            ));
+        let r = dead_letter(
+            Some(b"key"),
+            &payload[..whole],
+            "oversized",
+            "too big",
+            from,
+            20_000,
+        );
+        assert_eq!(r.payload, &payload[..whole]);
+        let r = dead_letter(
+            Some(b"key"),
+            &payload[..whole + 1],
+            "oversized",
+            "too big",
+            from,
+            20_000,
+        );
+        assert_eq!(
+            header(&r, "payload.truncated_from"),
+            (whole + 1).to_string().as_bytes()
+        );
+        // A limit smaller than the headers themselves: nothing of the payload, still sent.
+        let r = dead_letter(Some(b"key"), &payload, "oversized", "too big", from, 100);
+        assert!(r.payload.is_empty());
     }
 }

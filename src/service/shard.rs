@@ -85,7 +85,13 @@ pub(crate) struct ShardEnv {
     pub(crate) rules: Rules,
     changelog: String,
     labels: telemetry::Labels,
+    /// The producer's `message.max.bytes` (librdkafka's default unless configured): a dead
+    /// letter is cut to fit it.
+    max_message_bytes: usize,
 }
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 impl ShardEnv {
     pub(crate) fn new(c: &Config, producer: Producer) -> ShardEnv {
@@ -97,6 +103,10 @@ impl ShardEnv {
             changelog: c.topics.changelog(&c.kafka.group_id),
             rules: Rules::new(c),
             labels: telemetry::Labels::new(&c.metrics.segments),
+            max_message_bytes: super::producer_config(c)
+                .get("message.max.bytes")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES),
         }
     }
 
@@ -508,7 +518,8 @@ impl Shard {
                     partition: self.partition,
                     offset: m.offset,
                 };
-                let rec = dead_letter(m.key.as_deref(), payload, reason, &detail, from);
+                let max = self.env.max_message_bytes;
+                let rec = dead_letter(m.key.as_deref(), payload, reason, &detail, from, max);
                 self.send(Outgoing::Output(rec, self.tag.clone()), now);
             }
         }
