@@ -87,6 +87,24 @@ pub fn touchpoint_key(touchpoint: &str, element: Option<&str>) -> u64 {
     }
 }
 
+/// Event ids an alert carries as evidence, at most (the latest).
+pub const EVIDENCE_MAX: usize = 10;
+
+/// Entries a keyed history holds across its keys, at most (the oldest go first). Only a
+/// flood reaches it: more than this many clicks (or errors outside journeys) by one profile
+/// within the detector's window, on different touchpoints and elements.
+pub const KEYED_HISTORY_MAX: usize = 1024;
+
+/// Entries of one kind a history keeps: the threshold's count, and no fewer than the
+/// evidence an alert carries. Keeping only the latest this many changes nothing: the count
+/// reaches the threshold exactly when it did, and an alert's evidence is the latest ids.
+/// Kept whole, a flood from one client (tens of thousands of errors within the window) grew
+/// its profile's state past what a Kafka record may hold (`message.max.bytes`), and its
+/// partition could never commit again.
+fn kept(th: Threshold) -> usize {
+    th.count.max(EVIDENCE_MAX)
+}
+
 /// Appends `(key, t, id)` to a history, drops what fell out of the window, and returns the
 /// event ids for `key` still in it (oldest first) when they reach the threshold.
 pub fn count_keyed(
@@ -97,6 +115,13 @@ pub fn count_keyed(
     th: Threshold,
 ) -> Option<Vec<CompactString>> {
     history.retain(|(_, at, _)| *at > t - th.within);
+    if history.iter().filter(|(k, _, _)| *k == key).count() >= kept(th) {
+        let oldest = history.iter().position(|(k, _, _)| *k == key);
+        history.remove(oldest.expect("counted above"));
+    }
+    if history.len() >= KEYED_HISTORY_MAX {
+        history.drain(..=history.len() - KEYED_HISTORY_MAX);
+    }
     push_exact(history, (key, t, id.clone()));
     let ids: Vec<CompactString> = history
         .iter()
@@ -114,6 +139,9 @@ pub fn count_window(
     th: Threshold,
 ) -> Option<Vec<CompactString>> {
     history.retain(|(at, _)| *at > t - th.within);
+    if history.len() >= kept(th) {
+        history.drain(..=history.len() - kept(th));
+    }
     push_exact(history, (t, id.clone()));
     (history.len() >= th.count).then(|| history.iter().map(|(_, id)| id.clone()).collect())
 }
@@ -133,9 +161,17 @@ pub fn cooldown_allows(
     if list.iter().any(|(k, _)| *k == key) {
         return false;
     }
+    if list.len() >= COOLDOWNS_MAX {
+        // A flood over this many touchpoints within the cooldown: the oldest go first.
+        list.drain(..=list.len() - COOLDOWNS_MAX);
+    }
     push_exact(list, (key, t.saturating_add(cooldown)));
     true
 }
+
+/// Cooldowns (friction outside journeys, one per type and touchpoint) a profile holds, at
+/// most.
+pub const COOLDOWNS_MAX: usize = 1024;
 
 /// What an alert is about, beyond its type and time.
 pub struct Subject<'a> {
@@ -209,8 +245,8 @@ pub fn build_alert(
         _ => CompactString::default(),
     };
     evidence.dedup();
-    if evidence.len() > 10 {
-        evidence.drain(..evidence.len() - 10);
+    if evidence.len() > EVIDENCE_MAX {
+        evidence.drain(..evidence.len() - EVIDENCE_MAX);
     }
     Alert {
         alert_id: stable_id(&[
@@ -269,6 +305,79 @@ mod tests {
         assert!(count_window(&mut w, 0, &id("a"), th).is_none());
         assert!(count_window(&mut w, 2000, &id("b"), th).is_none());
         assert_eq!(w.len(), 1);
+    }
+
+    /// A history with no bound, as the detectors kept before: every id in the window.
+    fn unbounded(
+        history: &mut Vec<(u64, Millis, CompactString)>,
+        key: u64,
+        t: Millis,
+        id: &CompactString,
+        th: Threshold,
+    ) -> Option<Vec<CompactString>> {
+        history.retain(|(_, at, _)| *at > t - th.within);
+        history.push((key, t, id.clone()));
+        let ids: Vec<_> = history
+            .iter()
+            .filter(|(k, _, _)| *k == key)
+            .map(|(_, _, id)| id.clone())
+            .collect();
+        (ids.len() >= th.count).then_some(ids)
+    }
+
+    /// What an alert keeps of the ids: the latest [`EVIDENCE_MAX`].
+    fn latest(ids: Vec<CompactString>) -> Vec<CompactString> {
+        ids[ids.len().saturating_sub(EVIDENCE_MAX)..].to_vec()
+    }
+
+    proptest::proptest! {
+        /// Bounded, the histories fire exactly when an unbounded one does, with the same
+        /// evidence, below the flood bound across keys.
+        #[test]
+        fn bounded_histories_fire_as_unbounded_ones_do(
+            steps in proptest::collection::vec((0u64..4, 0i64..40), 1..400),
+            count in 1usize..30,
+            within in 1i64..2_000,
+        ) {
+            let th = Threshold { count, within };
+            let (mut keyed, mut model) = (Vec::new(), Vec::new());
+            let (mut window, mut window_model) = (Vec::new(), Vec::new());
+            let mut t = 0;
+            for (i, (key, dt)) in steps.into_iter().enumerate() {
+                t += dt;
+                let id = CompactString::new(format!("e{i}"));
+                let want = unbounded(&mut model, key, t, &id, th).map(latest);
+                proptest::prop_assert_eq!(count_keyed(&mut keyed, key, t, &id, th).map(latest), want);
+                let want = unbounded(&mut window_model, 0, t, &id, th).map(latest);
+                proptest::prop_assert_eq!(count_window(&mut window, t, &id, th).map(latest), want);
+                proptest::prop_assert!(window.len() <= count.max(EVIDENCE_MAX));
+            }
+        }
+    }
+
+    #[test]
+    fn a_flood_keeps_histories_within_their_bounds() {
+        let th = Threshold {
+            count: 4,
+            within: 1_000_000,
+        };
+        let mut h = Vec::new();
+        for i in 0..5_000u64 {
+            let id = CompactString::new(format!("e{i}"));
+            count_keyed(&mut h, i % 3_000, i as Millis, &id, th);
+        }
+        assert_eq!(h.len(), KEYED_HISTORY_MAX);
+        let mut p = Profile::new("p", false, 0);
+        for i in 0..5_000 {
+            cooldown_allows(
+                &mut p,
+                AlertType::RageClick,
+                &format!("tp{i}"),
+                i,
+                1_000_000,
+            );
+        }
+        assert_eq!(p.extra().history().cooldowns.len(), COOLDOWNS_MAX);
     }
 
     #[test]

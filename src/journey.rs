@@ -123,8 +123,29 @@ pub type Steps = SmallVec<[StepState; 5]>;
 pub struct InstanceExtra {
     /// Error events within the repeated_error window: (time, event id).
     pub errors: Vec<(Millis, CompactString)>,
-    /// Survey answers attributed to this instance.
+    /// Survey answers attributed to this instance, the latest [`SURVEYS_KEPT`].
     pub surveys: Vec<(Survey, CompactString)>,
+}
+
+/// Survey answers an instance keeps (and its summary lists), the latest. Kept whole, a
+/// client sending answers by the ten thousand grew its profile's state and its summary past
+/// what a Kafka record may hold (`message.max.bytes`), and its partition could never commit
+/// again.
+pub const SURVEYS_KEPT: usize = 32;
+
+impl InstanceExtra {
+    /// Records a survey answer, dropping the oldest beyond [`SURVEYS_KEPT`].
+    pub fn add_survey(&mut self, survey: Survey, id: CompactString) {
+        if self.surveys.len() >= SURVEYS_KEPT {
+            self.surveys.remove(0);
+        }
+        crate::profile::push_exact(&mut self.surveys, (survey, id));
+    }
+
+    fn keep_surveys(&mut self) {
+        let over = self.surveys.len().saturating_sub(SURVEYS_KEPT);
+        self.surveys.drain(..over);
+    }
 }
 
 /// One open (or recently closed) journey instance.
@@ -346,6 +367,7 @@ impl Instance {
             e.errors.extend(o.errors);
             e.errors.sort();
             e.surveys.extend(o.surveys);
+            e.keep_surveys();
         }
     }
 

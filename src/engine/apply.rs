@@ -8,7 +8,7 @@ use crate::alert::{AlertType, JourneyOutcome, Output};
 use crate::event::{Action, Event, Millis};
 use crate::friction::{self, build_alert, Subject};
 use crate::journey::Instance;
-use crate::profile::{push_exact, Profile};
+use crate::profile::Profile;
 
 impl Engine {
     /// Applies one event whose first key is `key`; returns the slot of the profile it went to.
@@ -263,7 +263,7 @@ impl Engine {
                     } else {
                         &mut p.open[k]
                     };
-                    push_exact(&mut inst.extra().surveys, (survey, e.event_id.clone()));
+                    inst.extra().add_survey(survey, e.event_id.clone());
                     let fire = negative && inst.fire(AlertType::NegativeFeedback);
                     let inst = if is_closed {
                         &p.closed()[k].inst

@@ -861,3 +861,57 @@ fn a_shard_at_max_profiles_keeps_its_profile_slots_where_they_are() {
     assert_eq!(r.engine.profiles.as_ptr(), at);
     assert_eq!(r.engine.profiles.capacity(), room);
 }
+
+/// One client flooding a journey: 20,000 errors on a step and 20,000 survey answers, all
+/// inside the detectors' windows. Its profile's changelog record and its journey summary
+/// stay small: a record over the producer's `message.max.bytes` (1,000,000 bytes by
+/// default) could never be written, and its partition would never commit again.
+#[test]
+fn a_flood_from_one_client_keeps_its_state_and_summary_small() {
+    let mut r = Run::new(CONFIG);
+    r.engine.track_changes();
+    let mut evs = vec![web("open", 0.0, "bot", "cart.view")];
+    for i in 0..20_000 {
+        let t = 1.0 + f64::from(i) * 0.01; // 200 s: inside repeated_error's 10 minutes
+        let err = ev(
+            &format!("err-{i}"),
+            t,
+            "bot",
+            Channel::Web,
+            "cart.view",
+            Action::Error,
+        );
+        let mut s = ev(
+            &format!("nps-{i}"),
+            t + 0.005,
+            "bot",
+            Channel::Web,
+            "survey.nps",
+            Action::Survey,
+        );
+        s.survey = Some(Survey {
+            kind: SurveyKind::Nps,
+            score: 9,
+        });
+        evs.extend([err, s]);
+    }
+    r.feed(evs).at(300.0);
+    let records = r.engine.checkpoint(snapshot::InputPosition::default());
+    // The dedup window's records are written in batches of their own size (~360 KB at most).
+    let profile = records
+        .iter()
+        .filter(|r| matches!(r.key, snapshot::StateKey::Profile(_)))
+        .map(|r| r.value.as_ref().map_or(0, Vec::len))
+        .max();
+    assert!(
+        profile < Some(16 * 1024),
+        "profile record: {profile:?} bytes"
+    );
+    r.drain();
+    let j = r.journeys();
+    let summary = serde_json::to_vec(j.last().expect("a summary"))
+        .unwrap()
+        .len();
+    assert!(summary < 16 * 1024, "summary: {summary} bytes");
+    assert_eq!(r.of(AlertType::RepeatedError).len(), 1);
+}
