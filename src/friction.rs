@@ -307,20 +307,17 @@ mod tests {
         assert_eq!(w.len(), 1);
     }
 
-    /// A history with no bound, as the detectors kept before: every id in the window.
-    fn unbounded(
-        history: &mut Vec<(u64, Millis, CompactString)>,
+    /// The model: of every event so far, the ids of `key`'s within the window at `t`, when
+    /// they reach the threshold (what a history with no bound gave).
+    fn in_window(
+        seen: &[(u64, Millis, CompactString)],
         key: u64,
         t: Millis,
-        id: &CompactString,
         th: Threshold,
     ) -> Option<Vec<CompactString>> {
-        history.retain(|(_, at, _)| *at > t - th.within);
-        history.push((key, t, id.clone()));
-        let ids: Vec<_> = history
+        let ids: Vec<_> = seen
             .iter()
-            .filter(|(k, _, _)| *k == key)
-            .map(|(_, _, id)| id.clone())
+            .filter_map(|(k, at, id)| (*k == key && *at > t - th.within).then(|| id.clone()))
             .collect();
         (ids.len() >= th.count).then_some(ids)
     }
@@ -340,15 +337,17 @@ mod tests {
             within in 1i64..2_000,
         ) {
             let th = Threshold { count, within };
-            let (mut keyed, mut model) = (Vec::new(), Vec::new());
-            let (mut window, mut window_model) = (Vec::new(), Vec::new());
+            let (mut keyed, mut window) = (Vec::new(), Vec::new());
+            let (mut seen, mut seen_all) = (Vec::new(), Vec::new());
             let mut t = 0;
             for (i, (key, dt)) in steps.into_iter().enumerate() {
                 t += dt;
                 let id = CompactString::new(format!("e{i}"));
-                let want = unbounded(&mut model, key, t, &id, th).map(latest);
+                seen.push((key, t, id.clone()));
+                seen_all.push((0, t, id.clone()));
+                let want = in_window(&seen, key, t, th).map(latest);
                 proptest::prop_assert_eq!(count_keyed(&mut keyed, key, t, &id, th).map(latest), want);
-                let want = unbounded(&mut window_model, 0, t, &id, th).map(latest);
+                let want = in_window(&seen_all, 0, t, th).map(latest);
                 proptest::prop_assert_eq!(count_window(&mut window, t, &id, th).map(latest), want);
                 proptest::prop_assert!(window.len() <= count.max(EVIDENCE_MAX));
             }
