@@ -317,7 +317,8 @@ mod tests {
     ) -> Option<Vec<CompactString>> {
         let ids: Vec<_> = seen
             .iter()
-            .filter_map(|(k, at, id)| (*k == key && *at > t - th.within).then(|| id.clone()))
+            .filter(|(k, at, _)| *k == key && *at > t - th.within)
+            .map(|(_, _, id)| id.clone())
             .collect();
         (ids.len() >= th.count).then_some(ids)
     }
