@@ -174,10 +174,20 @@ struct Poller {
 }
 
 impl Drop for Poller {
+    /// Stops the polling thread, which may be in a wait of up to [`POLL`]. On a Tokio thread
+    /// (a shard dropping its transactional producer) the wait for it goes to a blocking
+    /// thread: joined there, it held up the other shards of that worker thread, up to 100 ms
+    /// a producer.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || t.join())),
+            Err(_) => {
+                let _ = t.join();
+            }
         }
     }
 }
