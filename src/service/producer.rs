@@ -175,9 +175,9 @@ struct Poller {
 
 impl Drop for Poller {
     /// Stops the polling thread, which may be in a wait of up to [`POLL`]. On a Tokio thread
-    /// (a shard dropping its transactional producer) the wait for it goes to a blocking
-    /// thread: joined there, it held up the other shards of that worker thread, up to 100 ms
-    /// a producer.
+    /// (a shard dropping its transactional producer) it is joined on a blocking thread:
+    /// joined in place, it held up the other shards of that worker thread, up to 100 ms a
+    /// producer.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         let Some(t) = self.thread.take() else {
