@@ -448,6 +448,12 @@ fn ends_before_sentinels(parts: &[Vec<Event>]) -> Vec<i64> {
     parts.iter().map(|p| p.len() as i64 - 1).collect()
 }
 
+/// The service produced exactly what the pure engine does over `parts`.
+fn assert_outputs(broker: &Broker, n: &Names, parts: &[Vec<Event>]) {
+    let want = expected(parts);
+    assert_same(&actual(broker, n, &want), &want);
+}
+
 fn assert_same(actual: &[String], expected: &[String]) {
     let missing: Vec<_> = expected
         .iter()
@@ -564,8 +570,7 @@ async fn bad_input_lands_in_the_dead_letter_topic_with_its_reason() {
     assert_eq!(dlq[1].2["source.offset"], "1");
     assert!(!dlq[1].2["detail"].is_empty());
     // The good traffic after the bad messages is processed as usual.
-    let want = expected(&good);
-    assert_same(&actual(&broker, &n, &want), &want);
+    assert_outputs(&broker, &n, &good);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,8 +594,7 @@ async fn a_message_too_large_to_dead_letter_whole_is_dead_lettered_truncated() {
     assert_eq!(dlq[0].2["source.offset"], "0");
     assert_eq!(dlq[0].2["payload.truncated_from"], "30000");
     assert!(dlq[0].1.len() > 15_000 && dlq[0].1.iter().all(|&b| b == b'x'));
-    let want = expected(&good);
-    assert_same(&actual(&broker, &n, &want), &want);
+    assert_outputs(&broker, &n, &good);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,8 +630,7 @@ async fn an_event_from_a_clock_years_ahead_is_dead_lettered_and_moves_nothing() 
     assert_eq!(dlq[0].2["source.offset"], "50");
     assert!(dlq[0].2["detail"].contains("input.max_ahead"));
     // The good traffic before and after it is processed as if it had not been there.
-    let want = expected(&good);
-    assert_same(&actual(&broker, &n, &want), &want);
+    assert_outputs(&broker, &n, &good);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -687,8 +690,7 @@ async fn records_the_broker_refuses_are_produced_again_until_acknowledged() {
         "refused produce attempts counted: {refused}"
     );
     // Every output once: the refused records were produced again, none twice.
-    let want = expected(&parts);
-    assert_same(&actual(&broker, &n, &want), &want);
+    assert_outputs(&broker, &n, &parts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -714,8 +716,7 @@ async fn a_restarted_service_restores_its_state_and_continues_as_if_never_stoppe
 
     // Exactly the outputs of one engine over the whole input: journeys that span the restart
     // are one journey, nothing is missing or repeated.
-    let want = expected(&all);
-    assert_same(&actual(&broker, &n, &want), &want);
+    assert_outputs(&broker, &n, &all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -746,8 +747,7 @@ async fn two_instances_in_one_group_split_the_partitions_and_produce_everything(
     wait_committed(&broker.bootstrap(), &n, &ends_before_sentinels(&parts)).await;
     assert!(a.stop().await.clean);
     assert!(b.stop().await.clean);
-    let want = expected(&parts);
-    assert_same(&actual(&broker, &n, &want), &want);
+    assert_outputs(&broker, &n, &parts);
 }
 
 /// Each partition's first half, and the rest (with the sentinels).
@@ -932,8 +932,7 @@ async fn sigterm_mid_run_exits_cleanly_and_a_restart_finishes_with_nothing_lost_
     wait_committed(&broker.bootstrap(), &n, &ends).await;
     signal(&child, "-TERM");
     assert!(exit_of(&mut child, Duration::from_secs(40)).await.success());
-    let want = expected(&parts);
-    assert_same(&actual(&broker, &n, &want), &want);
+    assert_outputs(&broker, &n, &parts);
 }
 
 /// The crash test: SIGKILL at random (seeded) moments, at least 10 times, each time restarting

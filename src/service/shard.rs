@@ -316,7 +316,7 @@ impl Shard {
                     self.idle(Instant::now());
                     self.publish_metrics();
                 }
-                Some(d) = self.delivered.recv() => self.delivered(d),
+                Some(d) = self.delivered.recv() => self.take_reports(d),
                 _ = resend.tick(), if !self.waiting.is_empty() => self.resend(Instant::now()),
                 msg = rx.recv(), if self.unacked < self.env.config.service.max_in_flight => match msg {
                     Some(m) => self.take(m, &mut rx),
@@ -385,7 +385,7 @@ impl Shard {
     }
 
     /// Takes a delivery report, and any others already in.
-    fn delivered(&mut self, d: Delivered) {
+    fn take_reports(&mut self, d: Delivered) {
         self.report(d);
         while let Ok(d) = self.delivered.try_recv() {
             self.report(d);
@@ -653,7 +653,7 @@ impl Shard {
         let mut resend = resend_interval();
         while self.unacked > 0 {
             tokio::select! {
-                Some(d) = self.delivered.recv() => self.delivered(d),
+                Some(d) = self.delivered.recv() => self.take_reports(d),
                 _ = resend.tick(), if !self.waiting.is_empty() => self.resend(Instant::now()),
             }
         }
