@@ -89,11 +89,12 @@ const RECORD_OVERHEAD: usize = 1024;
 ///
 /// The input topic may take larger messages than the producer may send (librdkafka's
 /// `message.max.bytes`, `max_bytes` here, is 1,000,000 by default; a broker's limit is
-/// 1,048,588). A dead letter that would not fit keeps the start of the payload, as much as
-/// fits, and its `payload.truncated_from` header gives the original size. Sent whole, it was
-/// refused every time: with `exactly_once` the shard failed, and again after every restart;
-/// with `at_least_once` it was retried forever, and its partition's input was never committed
-/// again.
+/// 1,048,588). A dead letter that would not fit keeps the start of its payload and of its key,
+/// as much as fits: each gets half of the room, and what one does not need goes to the other.
+/// Its `payload.truncated_from` and `key.truncated_from` headers give the original sizes. Sent
+/// whole, it was refused every time: with `exactly_once` the shard failed, and again after every
+/// restart; with `at_least_once` it was retried forever, and its partition's input was never
+/// committed again.
 pub fn dead_letter(
     key: Option<&[u8]>,
     payload: &[u8],
@@ -112,22 +113,40 @@ pub fn dead_letter(
         ),
         ("source.offset", from.offset.to_string().into_bytes().into()),
     ];
-    let size = |headers: &[(&str, Cow<'_, [u8]>)]| {
+    let key_len = key.map_or(0, <[u8]>::len);
+    let (mut kept_key, mut kept) = (key_len, payload.len());
+    // Each cut adds a header, which takes room: cut again until nothing more needs cutting
+    // (at most once more per part).
+    loop {
         let named: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        key.map_or(0, <[u8]>::len) + named + RECORD_OVERHEAD
-    };
-    let mut kept = payload;
-    if size(&headers) + payload.len() > max_bytes {
-        headers.push((
-            "payload.truncated_from",
-            payload.len().to_string().into_bytes().into(),
-        ));
-        kept = &payload[..max_bytes.saturating_sub(size(&headers)).min(payload.len())];
+        let room = max_bytes.saturating_sub(named + RECORD_OVERHEAD);
+        if key_len + payload.len() <= room {
+            break;
+        }
+        kept_key = key_len.min((room / 2).max(room.saturating_sub(payload.len())));
+        kept = payload.len().min(room - kept_key);
+        let mut added = false;
+        for (cut, name, whole) in [
+            (kept_key < key_len, "key.truncated_from", key_len),
+            (
+                kept < payload.len(),
+                "payload.truncated_from",
+                payload.len(),
+            ),
+        ] {
+            if cut && !headers.iter().any(|(k, _)| *k == name) {
+                headers.push((name, whole.to_string().into_bytes().into()));
+                added = true;
+            }
+        }
+        if !added {
+            break;
+        }
     }
     OutRecord {
         dest: Dest::DeadLetter,
-        key: key.map(<[u8]>::to_vec),
-        payload: kept.to_vec(),
+        key: key.map(|k| k[..kept_key].to_vec()),
+        payload: payload[..kept].to_vec(),
         headers,
     }
 }
@@ -280,5 +299,41 @@ mod tests {
         // A limit smaller than the headers themselves: nothing of the payload, still sent.
         let r = dead_letter(Some(b"key"), &payload, "oversized", "too big", from, 100);
         assert!(r.payload.is_empty());
+    }
+
+    #[test]
+    fn a_dead_letter_with_a_key_too_large_for_the_producer_keeps_the_start_of_both() {
+        let from = Origin {
+            topic: "cx.interactions",
+            partition: 0,
+            offset: 7,
+        };
+        let big: Vec<u8> = (0..50_000u32).map(|i| (i * 7) as u8).collect();
+        let fits = |r: &OutRecord| counted(r) + RECORD_OVERHEAD <= 20_000;
+        // A huge key and a small payload: the payload whole, the key cut to the rest.
+        let r = dead_letter(Some(&big), b"{bad", "invalid_json", "x", from, 20_000);
+        assert!(fits(&r));
+        assert!(
+            counted(&r) + RECORD_OVERHEAD > 20_000 - 10,
+            "as much as fits"
+        );
+        assert_eq!(r.payload, b"{bad");
+        assert!(big.starts_with(r.key.as_deref().unwrap()));
+        assert_eq!(header(&r, "key.truncated_from"), b"50000");
+        assert!(r
+            .headers
+            .iter()
+            .all(|(k, _)| *k != "payload.truncated_from"));
+        // Both huge: half of the room each.
+        let r = dead_letter(Some(&big), &big, "invalid_json", "x", from, 20_000);
+        assert!(fits(&r) && counted(&r) + RECORD_OVERHEAD > 20_000 - 10);
+        let (k, p) = (r.key.as_ref().unwrap().len(), r.payload.len());
+        assert!(k.abs_diff(p) <= 1, "key {k}, payload {p}");
+        assert_eq!(header(&r, "key.truncated_from"), b"50000");
+        assert_eq!(header(&r, "payload.truncated_from"), b"50000");
+        // A small key stays whole while the payload is cut.
+        let r = dead_letter(Some(b"key"), &big, "invalid_json", "x", from, 20_000);
+        assert_eq!(r.key.as_deref(), Some(b"key".as_slice()));
+        assert!(r.headers.iter().all(|(k, _)| *k != "key.truncated_from"));
     }
 }
