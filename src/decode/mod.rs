@@ -158,11 +158,11 @@ fn missing(field: &str) -> Reject {
 }
 
 #[inline(always)]
-fn required(field: &str, value: Cow<'_, str>, max: usize) -> Result<CompactString, Reject> {
+fn required(field: &str, value: &str, max: usize) -> Result<CompactString, Reject> {
     if value.is_empty() {
         return Err(missing(field));
     }
-    check_len(field, &value, max)?;
+    check_len(field, value, max)?;
     Ok(to_compact(value))
 }
 
@@ -177,36 +177,33 @@ fn required_label<'s>(field: &str, value: &'s str) -> Result<&'s str, Reject> {
 }
 
 #[inline(always)]
-fn optional(field: &str, value: Cow<'_, str>, max: usize) -> Result<Option<CompactString>, Reject> {
+fn optional(field: &str, value: &str, max: usize) -> Result<Option<CompactString>, Reject> {
     if value.is_empty() {
         return Ok(None);
     }
-    check_len(field, &value, max)?;
+    check_len(field, value, max)?;
     Ok(Some(to_compact(value)))
 }
 
 #[inline(always)]
-fn to_compact(value: Cow<'_, str>) -> CompactString {
-    match value {
-        Cow::Borrowed(s) => CompactString::new(s),
-        Cow::Owned(s) => CompactString::from(s),
-    }
+fn to_compact(value: &str) -> CompactString {
+    CompactString::new(value)
 }
 
 impl Raw<'_> {
-    fn validate(self) -> Result<Event, Reject> {
-        let event_id = required("event_id", self.event_id, MAX_ID_BYTES)?;
-        let occurred_at = self.occurred_at.unwrap_or_else(|| {
+    fn validate(&mut self) -> Result<Event, Reject> {
+        let event_id = required("event_id", &self.event_id, MAX_ID_BYTES)?;
+        let occurred_at = self.occurred_at.take().unwrap_or_else(|| {
             Err(Reject::new(
                 RejectReason::MissingField,
                 "required field `occurred_at` is missing",
             ))
         })?;
         let channel_label = required_label("channel", &self.channel)?;
-        let touchpoint = required("touchpoint", self.touchpoint, MAX_TEXT_BYTES)?;
+        let touchpoint = required("touchpoint", &self.touchpoint, MAX_TEXT_BYTES)?;
         let action_label = required_label("action", &self.action)?;
-        let customer_id = optional("customer_id", self.customer_id, MAX_ID_BYTES)?;
-        let anonymous_id = optional("anonymous_id", self.anonymous_id, MAX_ID_BYTES)?;
+        let customer_id = optional("customer_id", &self.customer_id, MAX_ID_BYTES)?;
+        let anonymous_id = optional("anonymous_id", &self.anonymous_id, MAX_ID_BYTES)?;
         if self.identities.len() > MAX_IDENTITIES {
             return Err(Reject::new(
                 RejectReason::Oversized,
@@ -226,10 +223,10 @@ impl Raw<'_> {
             ));
         }
         let mut identities = Identities::with_capacity(self.identities.len());
-        for (kind, value) in self.identities {
-            check_len("identities key", &kind, MAX_TEXT_BYTES)?;
+        for (kind, value) in &self.identities {
+            check_len("identities key", kind, MAX_TEXT_BYTES)?;
             if value.len() > MAX_ID_BYTES {
-                check_len(&format!("identities.{kind}"), &value, MAX_ID_BYTES)?;
+                check_len(&format!("identities.{kind}"), value, MAX_ID_BYTES)?;
             }
             if !value.is_empty() {
                 identities.push((to_compact(kind), to_compact(value)));
@@ -252,16 +249,17 @@ impl Raw<'_> {
                 )
             })?),
         };
-        let survey = match self.survey {
+        let survey = match &self.survey {
             None => None,
             Some((kind, score)) => {
-                let kind = SurveyKind::parse(&kind).ok_or_else(|| {
+                let kind = SurveyKind::parse(kind).ok_or_else(|| {
                     Reject::new(
                         RejectReason::InvalidValue,
                         format!("`survey.kind` is {kind:?}; expected nps, csat or ces"),
                     )
                 })?;
                 let (lo, hi) = kind.range();
+                let score = *score;
                 if score < i64::from(lo) || score > i64::from(hi) {
                     return Err(Reject::new(
                         RejectReason::InvalidValue,
@@ -294,12 +292,12 @@ impl Raw<'_> {
             touchpoint,
             action: action.unwrap_or(Action::Other),
             outcome,
-            error_code: optional("error_code", self.error_code, MAX_TEXT_BYTES)?,
+            error_code: optional("error_code", &self.error_code, MAX_TEXT_BYTES)?,
             survey,
             value: self.value,
-            segment: optional("segment", self.segment, MAX_TEXT_BYTES)?,
-            tier: optional("tier", self.tier, MAX_TEXT_BYTES)?,
-            element: optional("attributes.element", self.element, MAX_TEXT_BYTES)?,
+            segment: optional("segment", &self.segment, MAX_TEXT_BYTES)?,
+            tier: optional("tier", &self.tier, MAX_TEXT_BYTES)?,
+            element: optional("attributes.element", &self.element, MAX_TEXT_BYTES)?,
             unknown_channel: channel.is_none(),
             unknown_action: action.is_none(),
         })
