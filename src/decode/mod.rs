@@ -107,25 +107,27 @@ pub fn decode(bytes: &[u8], format: Format) -> Result<Event, Reject> {
 
 mod wire;
 
-/// The fields of an event as they arrive, before validation (shared by both formats).
+/// The fields of an event as they arrive, before validation (shared by both formats). The
+/// protobuf reader's strings are all borrowed (`&str`, so that a `Raw` has nothing to drop);
+/// JSON's are `Cow`s, owned where the text had escapes.
 #[derive(Default)]
-struct Raw<'a> {
-    event_id: Cow<'a, str>,
+struct Raw<S> {
+    event_id: S,
     occurred_at: Option<Result<Millis, Reject>>,
-    customer_id: Cow<'a, str>,
-    anonymous_id: Cow<'a, str>,
+    customer_id: S,
+    anonymous_id: S,
     /// Inline for the usual one or two (a temporary: no allocation just to pass them on).
-    identities: smallvec::SmallVec<[(Cow<'a, str>, Cow<'a, str>); 2]>,
-    channel: Cow<'a, str>,
-    touchpoint: Cow<'a, str>,
-    action: Cow<'a, str>,
-    outcome: Cow<'a, str>,
-    error_code: Cow<'a, str>,
-    survey: Option<(Cow<'a, str>, i64)>,
+    identities: smallvec::SmallVec<[(S, S); 2]>,
+    channel: S,
+    touchpoint: S,
+    action: S,
+    outcome: S,
+    error_code: S,
+    survey: Option<(S, i64)>,
     value: Option<f64>,
-    segment: Cow<'a, str>,
-    tier: Cow<'a, str>,
-    element: Cow<'a, str>,
+    segment: S,
+    tier: S,
+    element: S,
     attribute_count: usize,
 }
 
@@ -190,7 +192,7 @@ fn to_compact(value: &str) -> CompactString {
     CompactString::new(value)
 }
 
-impl Raw<'_> {
+impl<S: std::ops::Deref<Target = str>> Raw<S> {
     fn validate(&mut self) -> Result<Event, Reject> {
         let event_id = required("event_id", &self.event_id, MAX_ID_BYTES)?;
         let occurred_at = self.occurred_at.take().unwrap_or_else(|| {
@@ -224,6 +226,7 @@ impl Raw<'_> {
         }
         let mut identities = Identities::with_capacity(self.identities.len());
         for (kind, value) in &self.identities {
+            let (kind, value): (&str, &str) = (kind, value);
             check_len("identities key", kind, MAX_TEXT_BYTES)?;
             if value.len() > MAX_ID_BYTES {
                 check_len(&format!("identities.{kind}"), value, MAX_ID_BYTES)?;
@@ -252,6 +255,7 @@ impl Raw<'_> {
         let survey = match &self.survey {
             None => None,
             Some((kind, score)) => {
+                let kind: &str = kind;
                 let kind = SurveyKind::parse(kind).ok_or_else(|| {
                     Reject::new(
                         RejectReason::InvalidValue,

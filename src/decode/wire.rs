@@ -6,8 +6,6 @@
 //! It follows the protobuf rules prost does: unknown fields are skipped, the last value of a
 //! scalar field wins, embedded messages merge. A property test checks it against prost.
 
-use std::borrow::Cow;
-
 use super::{check_time_range, Raw, Reject, RejectReason};
 
 fn bad(detail: impl Into<String>) -> Reject {
@@ -80,12 +78,9 @@ fn bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], Reject> {
 }
 
 #[inline(always)]
-fn string<'a>(buf: &mut &'a [u8], field: &str) -> Result<Cow<'a, str>, Reject> {
+fn string<'a>(buf: &mut &'a [u8], field: &str) -> Result<&'a str, Reject> {
     let b = bytes(buf)?;
-    match utf8(b) {
-        Ok(s) => Ok(Cow::Borrowed(s)),
-        Err(_) => Err(not_utf8(field)),
-    }
+    utf8(b).map_err(|_| not_utf8(field))
 }
 
 /// `std::str::from_utf8`, with a fast path for ASCII. std's validation walks short strings a
@@ -164,8 +159,8 @@ fn expect(wire: u8, want: u8, name: &str) -> Result<(), Reject> {
 }
 
 /// A `map<string, string>` entry: (key, value).
-fn map_entry<'a>(mut buf: &'a [u8], name: &str) -> Result<(Cow<'a, str>, Cow<'a, str>), Reject> {
-    let (mut k, mut v) = (Cow::Borrowed(""), Cow::Borrowed(""));
+fn map_entry<'a>(mut buf: &'a [u8], name: &str) -> Result<(&'a str, &'a str), Reject> {
+    let (mut k, mut v) = ("", "");
     while !buf.is_empty() {
         match key(&mut buf)? {
             (1, w) => {
@@ -206,7 +201,7 @@ fn field_name(field: u64) -> Option<&'static str> {
 
 /// Parses the wire bytes into `raw` (in place: returned by value, the raw fields, a few
 /// hundred bytes, were copied on the way out); validation is shared with JSON.
-pub(super) fn parse_event<'a>(mut buf: &'a [u8], raw: &mut Raw<'a>) -> Result<(), Reject> {
+pub(super) fn parse_event<'a>(mut buf: &'a [u8], raw: &mut Raw<&'a str>) -> Result<(), Reject> {
     let mut ts: Option<(i64, i32)> = None;
     while let Some((&tag, rest)) = buf.split_first() {
         // A string field's key, as every encoder writes it, is one byte (field number << 3 |
@@ -273,7 +268,7 @@ pub(super) fn parse_event<'a>(mut buf: &'a [u8], raw: &mut Raw<'a>) -> Result<()
             }
             11 => {
                 let mut m = bytes(&mut buf)?;
-                let (mut kind, mut score) = raw.survey.take().unwrap_or((Cow::Borrowed(""), 0));
+                let (mut kind, mut score) = raw.survey.take().unwrap_or(("", 0));
                 while !m.is_empty() {
                     match key(&mut m)? {
                         (1, LEN) => kind = string(&mut m, "survey.kind")?,
@@ -310,7 +305,7 @@ pub(super) fn parse_event<'a>(mut buf: &'a [u8], raw: &mut Raw<'a>) -> Result<()
         let mut deduped: Vec<_> = ids
             .drain(..)
             .rev()
-            .filter(|(k, _)| seen.insert(k.clone()))
+            .filter(|(k, _)| seen.insert(*k))
             .collect();
         deduped.reverse();
         *ids = deduped.into();
