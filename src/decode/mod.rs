@@ -360,38 +360,140 @@ pub fn parse_rfc3339(s: &str) -> Result<Millis, Reject> {
 
 // ---------------------------------------------------------------- JSON
 
-#[derive(Deserialize)]
-struct JsonEvent<'a> {
-    #[serde(default, borrow)]
-    event_id: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    occurred_at: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    customer_id: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    anonymous_id: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    identities: Option<Pairs<'a>>,
-    #[serde(default, borrow)]
-    channel: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    touchpoint: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    action: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    outcome: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    error_code: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    survey: Option<JsonSurvey<'a>>,
-    #[serde(default)]
-    value: Option<f64>,
-    #[serde(default, borrow)]
-    segment: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    tier: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    attributes: Option<Pairs<'a>>,
+/// The fields of a JSON event.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    EventId,
+    OccurredAt,
+    CustomerId,
+    AnonymousId,
+    Identities,
+    Channel,
+    Touchpoint,
+    Action,
+    Outcome,
+    ErrorCode,
+    Survey,
+    Value,
+    Segment,
+    Tier,
+    Attributes,
+    /// Not ours: ignored.
+    Unknown,
+}
+
+impl Field {
+    const ALL: [(Field, &'static str); 15] = [
+        (Field::EventId, "event_id"),
+        (Field::OccurredAt, "occurred_at"),
+        (Field::CustomerId, "customer_id"),
+        (Field::AnonymousId, "anonymous_id"),
+        (Field::Identities, "identities"),
+        (Field::Channel, "channel"),
+        (Field::Touchpoint, "touchpoint"),
+        (Field::Action, "action"),
+        (Field::Outcome, "outcome"),
+        (Field::ErrorCode, "error_code"),
+        (Field::Survey, "survey"),
+        (Field::Value, "value"),
+        (Field::Segment, "segment"),
+        (Field::Tier, "tier"),
+        (Field::Attributes, "attributes"),
+    ];
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Field, E> {
+                Ok(Field::ALL
+                    .iter()
+                    .find(|(_, name)| *name == s)
+                    .map_or(Field::Unknown, |(f, _)| *f))
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+/// Reads a JSON event's fields straight into a [`Raw`] (and the two it keeps aside). serde's
+/// derived struct was built, then moved through the deserializer's layers and into the `Raw`:
+/// five copies of ~450 bytes an event, ~380 instructions.
+struct Fields<'r, 'a> {
+    raw: &'r mut Raw<Cow<'a, str>>,
+    occurred_at: &'r mut Option<Text<'a>>,
+    attributes: &'r mut smallvec::SmallVec<[(Cow<'a, str>, Cow<'a, str>); 2]>,
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for Fields<'_, 'a> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an interaction event (a JSON object)")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<(), M::Error> {
+        let raw = self.raw;
+        let mut seen = 0u32;
+        while let Some(field) = m.next_key::<Field>()? {
+            if field != Field::Unknown {
+                // As serde's derived structs do: a field given twice is an error.
+                let bit = 1 << field as u32;
+                if seen & bit != 0 {
+                    let name = Field::ALL[field as usize].1;
+                    return Err(serde::de::Error::duplicate_field(name));
+                }
+                seen |= bit;
+            }
+            let text = match field {
+                Field::EventId => &mut raw.event_id,
+                Field::CustomerId => &mut raw.customer_id,
+                Field::AnonymousId => &mut raw.anonymous_id,
+                Field::Channel => &mut raw.channel,
+                Field::Touchpoint => &mut raw.touchpoint,
+                Field::Action => &mut raw.action,
+                Field::Outcome => &mut raw.outcome,
+                Field::ErrorCode => &mut raw.error_code,
+                Field::Segment => &mut raw.segment,
+                Field::Tier => &mut raw.tier,
+                Field::OccurredAt => {
+                    *self.occurred_at = m.next_value()?;
+                    continue;
+                }
+                Field::Identities => {
+                    raw.identities = m
+                        .next_value::<Option<Pairs<'a>>>()?
+                        .map_or_else(Default::default, |p| p.0);
+                    continue;
+                }
+                Field::Attributes => {
+                    *self.attributes = m
+                        .next_value::<Option<Pairs<'a>>>()?
+                        .map_or_else(Default::default, |p| p.0);
+                    continue;
+                }
+                Field::Survey => {
+                    raw.survey = m
+                        .next_value::<Option<JsonSurvey<'a>>>()?
+                        .map(|s| (s.kind.0, s.score));
+                    continue;
+                }
+                Field::Value => {
+                    raw.value = m.next_value()?;
+                    continue;
+                }
+                Field::Unknown => {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *text = or_empty(m.next_value()?);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -484,9 +586,17 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, Reject> {
             format!("not valid UTF-8 at byte {}", e.valid_up_to()),
         )
     })?;
-    let j: JsonEvent<'_> = serde_json::from_str(text)
-        .map_err(|e| Reject::new(RejectReason::InvalidJson, e.to_string()))?;
-    let occurred_at = match j.occurred_at {
+    let mut raw = Raw::default();
+    let (mut occurred_at, mut attributes) = (None, smallvec::SmallVec::new());
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(Fields {
+        raw: &mut raw,
+        occurred_at: &mut occurred_at,
+        attributes: &mut attributes,
+    })
+    .and_then(|()| de.end())
+    .map_err(|e| Reject::new(RejectReason::InvalidJson, e.to_string()))?;
+    raw.occurred_at = Some(match occurred_at {
         None => Err(Reject::new(
             RejectReason::MissingField,
             "required field `occurred_at` is missing",
@@ -496,33 +606,12 @@ pub fn decode_json(bytes: &[u8]) -> Result<Event, Reject> {
             "required field `occurred_at` is empty",
         )),
         Some(Text(s)) => parse_rfc3339(&s),
-    };
-    let mut attributes = j.attributes.map(|p| p.0).unwrap_or_default();
-    let attribute_count = attributes.len();
-    let element = attributes
-        .iter()
-        .position(|(k, _)| k == "element")
-        .map(|i| attributes.swap_remove(i).1)
-        .unwrap_or(Cow::Borrowed(""));
-    Raw {
-        event_id: or_empty(j.event_id),
-        occurred_at: Some(occurred_at),
-        customer_id: or_empty(j.customer_id),
-        anonymous_id: or_empty(j.anonymous_id),
-        identities: j.identities.map(|p| p.0).unwrap_or_default(),
-        channel: or_empty(j.channel),
-        touchpoint: or_empty(j.touchpoint),
-        action: or_empty(j.action),
-        outcome: or_empty(j.outcome),
-        error_code: or_empty(j.error_code),
-        survey: j.survey.map(|s| (s.kind.0, s.score)),
-        value: j.value,
-        segment: or_empty(j.segment),
-        tier: or_empty(j.tier),
-        element,
-        attribute_count,
+    });
+    raw.attribute_count = attributes.len();
+    if let Some(i) = attributes.iter().position(|(k, _)| k == "element") {
+        raw.element = attributes.swap_remove(i).1;
     }
-    .validate()
+    raw.validate()
 }
 
 // ---------------------------------------------------------------- protobuf
@@ -775,6 +864,42 @@ mod tests {
 
     fn reason(json: &str) -> RejectReason {
         decode_json(json.as_bytes()).unwrap_err().reason
+    }
+
+    #[test]
+    fn a_json_event_is_an_object_with_each_field_once_and_nulls_as_absent() {
+        let base = r#""event_id":"e","occurred_at":"2026-01-01T00:00:00Z","channel":"web","touchpoint":"t","action":"view","customer_id":"c""#;
+        let twice = decode_json(format!(r#"{{{base},"event_id":"f"}}"#).as_bytes()).unwrap_err();
+        assert_eq!(twice.reason, RejectReason::InvalidJson);
+        assert!(
+            twice.detail.contains("duplicate field `event_id`"),
+            "{}",
+            twice.detail
+        );
+        // Unknown fields may repeat: they are not ours.
+        let e = decode_json(format!(r#"{{{base},"x":1,"x":{{"y":[2]}}}}"#).as_bytes()).unwrap();
+        assert_eq!(e.event_id, "e");
+        for not_an_object in [r#"["e"]"#, r#""e""#, "7", "null"] {
+            assert_eq!(
+                reason(not_an_object),
+                RejectReason::InvalidJson,
+                "{not_an_object}"
+            );
+        }
+        assert_eq!(
+            reason(&format!("{{{base}}} {{}}")),
+            RejectReason::InvalidJson
+        );
+        let nulls = r#","anonymous_id":null,"identities":null,"outcome":null,"error_code":null,"survey":null,"value":null,"segment":null,"tier":null,"attributes":null"#;
+        let e = decode_json(format!("{{{base}{nulls}}}").as_bytes()).unwrap();
+        let plain = decode_json(format!("{{{base}}}").as_bytes()).unwrap();
+        assert_eq!(e, plain);
+        assert_eq!(
+            reason(
+                r#"{"event_id":null,"occurred_at":"2026-01-01T00:00:00Z","channel":"web","touchpoint":"t","action":"view","customer_id":"c"}"#
+            ),
+            RejectReason::MissingField
+        );
     }
 
     #[test]
