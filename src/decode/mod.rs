@@ -869,6 +869,17 @@ mod tests {
     #[test]
     fn a_json_event_is_an_object_with_each_field_once_and_nulls_as_absent() {
         let base = r#""event_id":"e","occurred_at":"2026-01-01T00:00:00Z","channel":"web","touchpoint":"t","action":"view","customer_id":"c""#;
+        // The field table is in the enum's order (a duplicate is named by its index).
+        for (i, (f, _)) in Field::ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i);
+        }
+        let twice =
+            decode_json(format!(r#"{{{base},"tier":"a","tier":"b"}}"#).as_bytes()).unwrap_err();
+        assert!(
+            twice.detail.contains("duplicate field `tier`"),
+            "{}",
+            twice.detail
+        );
         let twice = decode_json(format!(r#"{{{base},"event_id":"f"}}"#).as_bytes()).unwrap_err();
         assert_eq!(twice.reason, RejectReason::InvalidJson);
         assert!(
