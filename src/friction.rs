@@ -12,7 +12,7 @@ use crate::config::{FrictionSection, NegativeFeedback};
 use crate::event::{millis, Event, Millis, Survey, SurveyKind};
 use crate::identity::Symbols;
 use crate::journey::{Instance, JourneyDef};
-use crate::profile::{push_exact, Profile};
+use crate::profile::{push_bounded, Profile};
 
 /// A count-within-window threshold in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -119,10 +119,7 @@ pub fn count_keyed(
         let oldest = history.iter().position(|(k, _, _)| *k == key);
         history.remove(oldest.expect("counted above"));
     }
-    if history.len() >= KEYED_HISTORY_MAX {
-        history.drain(..=history.len() - KEYED_HISTORY_MAX);
-    }
-    push_exact(history, (key, t, id.clone()));
+    push_bounded(history, (key, t, id.clone()), KEYED_HISTORY_MAX);
     let ids: Vec<CompactString> = history
         .iter()
         .filter(|(k, _, _)| *k == key)
@@ -139,10 +136,7 @@ pub fn count_window(
     th: Threshold,
 ) -> Option<Vec<CompactString>> {
     history.retain(|(at, _)| *at > t - th.within);
-    if history.len() >= kept(th) {
-        history.drain(..=history.len() - kept(th));
-    }
-    push_exact(history, (t, id.clone()));
+    push_bounded(history, (t, id.clone()), kept(th));
     (history.len() >= th.count).then(|| history.iter().map(|(_, id)| id.clone()).collect())
 }
 
@@ -161,11 +155,8 @@ pub fn cooldown_allows(
     if list.iter().any(|(k, _)| *k == key) {
         return false;
     }
-    if list.len() >= COOLDOWNS_MAX {
-        // A flood over this many touchpoints within the cooldown: the oldest go first.
-        list.drain(..=list.len() - COOLDOWNS_MAX);
-    }
-    push_exact(list, (key, t.saturating_add(cooldown)));
+    // A flood over this many touchpoints within the cooldown: the oldest go first.
+    push_bounded(list, (key, t.saturating_add(cooldown)), COOLDOWNS_MAX);
     true
 }
 

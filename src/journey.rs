@@ -136,10 +136,7 @@ pub const SURVEYS_KEPT: usize = 32;
 impl InstanceExtra {
     /// Records a survey answer, dropping the oldest beyond [`SURVEYS_KEPT`].
     pub fn add_survey(&mut self, survey: Survey, id: CompactString) {
-        if self.surveys.len() >= SURVEYS_KEPT {
-            self.surveys.remove(0);
-        }
-        crate::profile::push_exact(&mut self.surveys, (survey, id));
+        crate::profile::push_bounded(&mut self.surveys, (survey, id), SURVEYS_KEPT);
     }
 
     fn keep_surveys(&mut self) {

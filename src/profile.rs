@@ -88,6 +88,13 @@ pub(crate) fn push_exact<T>(list: &mut Vec<T>, item: T) {
     list.push(item);
 }
 
+/// [`push_exact`] into a list kept to its latest `max` entries: the oldest go first.
+pub(crate) fn push_bounded<T>(list: &mut Vec<T>, item: T, max: usize) {
+    let over = (list.len() + 1).saturating_sub(max);
+    list.drain(..over.min(list.len()));
+    push_exact(list, item);
+}
+
 /// A journey instance after it closed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Closed {
