@@ -41,8 +41,7 @@ pub(crate) struct Sent {
     pub(crate) cause: Option<Instant>,
     /// Produced to this partition (a changelog record), not by key.
     pub(crate) partition: Option<i32>,
-    /// Whether a failed delivery is retried (`at_least_once`), and after how long.
-    pub(crate) retry: bool,
+    /// How long after a failed delivery it is produced again (`at_least_once`).
     pub(crate) backoff: Duration,
 }
 

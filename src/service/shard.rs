@@ -435,7 +435,7 @@ impl Shard {
         let backoff = unsent.sent.backoff;
         telemetry::produce_failed(unsent.topic(), &e, backoff);
         telemetry::produce_error(unsent.topic());
-        if unsent.sent.retry {
+        if !self.transactional {
             unsent.sent.backoff = (backoff * 2).min(MAX_BACKOFF);
             self.waiting.push((now + backoff, unsent));
         } else {
@@ -619,7 +619,6 @@ impl Shard {
             epoch,
             cause: tag.is_some().then_some(cause),
             partition,
-            retry: !self.transactional,
             backoff: FIRST_BACKOFF,
         });
         let mut record = BaseRecord::with_opaque_to(topic, sent);
