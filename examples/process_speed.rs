@@ -49,7 +49,15 @@ fn main() {
         // Decoding modes do not use the pre-generated events: dropped before timing.
         let batch = if mode == "event" { batch } else { Vec::new() };
         let t = Instant::now();
-        let outputs = measured(&mut engine, &mut out, &mode, decode_only, decode, batch, bytes);
+        let outputs = measured(
+            &mut engine,
+            &mut out,
+            &mode,
+            decode_only,
+            decode,
+            batch,
+            bytes,
+        );
         println!(
             "{:.0} ns/event, {outputs} outputs, {} profiles, {} open journeys, {} timers",
             t.elapsed().as_nanos() as f64 / n as f64,
