@@ -30,8 +30,11 @@ fn main() {
         bytes / out.len()
     );
     let _prometheus = cxstream::telemetry::prometheus();
-    let mut metrics =
-        cxstream::telemetry::ShardMetrics::new("events", 0, cxstream::telemetry::Labels::new(&[]));
+    let mut metrics = cxstream::telemetry::ShardMetrics::new(
+        "events",
+        0,
+        cxstream::telemetry::Labels::new(&[], &engine.rules().catalog),
+    );
     metrics.outputs(&out); // the series registered
     let t = std::time::Instant::now();
     for _ in 0..10 {

@@ -95,14 +95,15 @@ const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 impl ShardEnv {
     pub(crate) fn new(c: &Config, producer: Producer) -> ShardEnv {
+        let rules = Rules::new(c);
         ShardEnv {
             producer,
             config: c.clone(),
             group: std::sync::Mutex::new(None),
             failed: std::sync::atomic::AtomicBool::new(false),
             changelog: c.topics.changelog(&c.kafka.group_id),
-            rules: Rules::new(c),
-            labels: telemetry::Labels::new(&c.metrics.segments),
+            labels: telemetry::Labels::new(&c.metrics.segments, &rules.catalog),
+            rules,
             max_message_bytes: super::producer_config(c)
                 .get("message.max.bytes")
                 .and_then(|v| v.trim().parse().ok())
