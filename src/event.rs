@@ -27,35 +27,63 @@ pub fn format_millis(ms: Millis) -> String {
 }
 
 /// Calls `f` with event time formatted as [`format_millis`] does, without allocating for the
-/// usual years 0 to 9999: outputs carry several timestamps each, and the formatter machinery
-/// cost several times more than the digits themselves. The calendar is chrono's.
+/// usual years 0 to 9999 (see [`rfc3339_millis`]).
 pub fn with_millis_formatted<R>(ms: Millis, f: impl FnOnce(&str) -> R) -> R {
-    use chrono::{Datelike, Timelike};
-    let Some(t) = chrono::DateTime::from_timestamp_millis(ms) else {
-        return f(&ms.to_string());
-    };
-    let (date, time) = (t.date_naive(), t.time());
-    let Some(year) = u32::try_from(date.year()).ok().filter(|y| *y <= 9999) else {
-        return f(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    };
-    let mut buf = *b"0000-00-00T00:00:00.000Z";
-    let fields = [
-        (year, 0, 4),
-        (date.month(), 5, 2),
-        (date.day(), 8, 2),
-        (time.hour(), 11, 2),
-        (time.minute(), 14, 2),
-        (time.second(), 17, 2),
-        (ms.rem_euclid(1000) as u32, 20, 3),
-    ];
-    for (mut v, at, width) in fields {
-        for b in buf[at..at + width].iter_mut().rev() {
-            *b = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
+    match rfc3339_millis(ms) {
+        // Only ASCII digits and separators were written.
+        Some(text) => f(std::str::from_utf8(&text).unwrap_or_default()),
+        None => match chrono::DateTime::from_timestamp_millis(ms) {
+            Some(t) => f(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            None => f(&ms.to_string()),
+        },
     }
-    // Only ASCII digits and separators were written.
-    f(std::str::from_utf8(&buf).unwrap_or_default())
+}
+
+/// Event time as [`format_millis`] writes it, for years 0 to 9999 (`None` for others).
+///
+/// Outputs carry several timestamps each, and formatting them was a fifth of encoding an
+/// output as JSON: the calendar (chrono's) is now worked out once per day, the time of day
+/// by arithmetic.
+pub fn rfc3339_millis(ms: Millis) -> Option<[u8; 24]> {
+    const DAY: Millis = 86_400_000;
+    let (day, in_day) = (ms.div_euclid(DAY), ms.rem_euclid(DAY));
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    text[..10].copy_from_slice(&date_of(day)?);
+    write_digits(&mut text[11..13], in_day / 3_600_000);
+    write_digits(&mut text[14..16], in_day / 60_000 % 60);
+    write_digits(&mut text[17..19], in_day / 1000 % 60);
+    write_digits(&mut text[20..23], in_day % 1000);
+    Some(text)
+}
+
+/// A day since the Unix epoch as `YYYY-MM-DD`, for years 0 to 9999. The last day asked for
+/// is kept (per thread): an output's timestamps, and those of the outputs around it, mostly
+/// fall on one day.
+fn date_of(day: Millis) -> Option<[u8; 10]> {
+    use chrono::Datelike;
+    use std::cell::Cell;
+    thread_local! {
+        static LAST: Cell<(Millis, [u8; 10])> = const { Cell::new((Millis::MIN, [0; 10])) };
+    }
+    if let Some(text) = LAST.with(|last| Some(last.get()).filter(|l| l.0 == day)) {
+        return Some(text.1);
+    }
+    let date = chrono::DateTime::from_timestamp(day.checked_mul(86_400)?, 0)?.date_naive();
+    let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+    let mut text = *b"0000-00-00";
+    write_digits(&mut text[0..4], Millis::from(year));
+    write_digits(&mut text[5..7], Millis::from(date.month()));
+    write_digits(&mut text[8..10], Millis::from(date.day()));
+    LAST.with(|last| last.set((day, text)));
+    Some(text)
+}
+
+/// Writes the last `to.len()` decimal digits of `v` (not negative), zero-padded.
+fn write_digits(to: &mut [u8], mut v: Millis) {
+    for b in to.iter_mut().rev() {
+        *b = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
 }
 
 macro_rules! label_enum {
@@ -295,6 +323,20 @@ mod tests {
         #[test]
         fn timestamps_format_as_chrono_does(ms in -70_000_000_000_000i64..260_000_000_000_000) {
             prop_assert_eq!(format_millis(ms), chrono_formatted(ms));
+        }
+
+        /// Runs of nearby times, as outputs carry them: the day kept is reused within a day
+        /// and replaced across midnight, forwards and backwards.
+        #[test]
+        fn nearby_timestamps_format_as_chrono_does(
+            base in -62_167_219_200_000i64..253_402_300_799_999,
+            steps in prop::collection::vec(-90_000_000i64..90_000_000, 1..20),
+        ) {
+            let mut ms = base;
+            for step in steps {
+                ms = ms.saturating_add(step);
+                prop_assert_eq!(format_millis(ms), chrono_formatted(ms), "{}", ms);
+            }
         }
     }
 }

@@ -9,7 +9,7 @@
 //! A string that does, and every number, is still written by `serde_json`.
 
 use super::{Alert, JourneySummary, Output};
-use crate::event::{with_millis_formatted, Millis};
+use crate::event::{rfc3339_millis, with_millis_formatted, Millis};
 
 impl Output {
     /// Appends this output's JSON form to `out`.
@@ -157,7 +157,14 @@ impl Writer<'_> {
 
     /// A timestamp: digits and separators only, so never escaped.
     fn time(&mut self, t: Millis) {
-        with_millis_formatted(t, |s| self.quoted(s));
+        match rfc3339_millis(t) {
+            Some(text) => {
+                self.0.push(b'"');
+                self.0.extend_from_slice(&text);
+                self.0.push(b'"');
+            }
+            None => with_millis_formatted(t, |s| self.quoted(s)),
+        }
     }
 
     fn list<T>(&mut self, items: &[T], mut item: impl FnMut(&mut Self, &T)) {
