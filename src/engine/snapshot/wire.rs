@@ -132,13 +132,19 @@ fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
     let at = buf.len();
     buf.push(0);
     write(buf);
-    let len = buf.len() - at - 1;
+    let end = buf.len();
+    let len = end - at - 1;
     if len < 0x80 {
         buf[at] = len as u8;
     } else {
-        let mut prefix = Vec::with_capacity(4);
-        encode_varint(len as u64, &mut prefix);
-        buf.splice(at..at + 1, prefix);
+        // Moved along in place: a `splice` cost ~160 instructions and an allocation.
+        let mut prefix = [0u8; 10];
+        let mut rest = &mut prefix[..];
+        encode_varint(len as u64, &mut rest);
+        let n = 10 - rest.len();
+        buf.resize(end + n - 1, 0);
+        buf.copy_within(at + 1..end, at + n);
+        buf[at..at + n].copy_from_slice(&prefix[..n]);
     }
 }
 
@@ -179,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_message_of_128_bytes_or_more_gets_a_longer_length() {
-        for len in [0, 1, 113, 114, 200, 20_000] {
+        for len in [0, 1, 113, 114, 200, 16_360, 16_361, 20_000, 2_100_000] {
             let id = "x".repeat(len);
             let mut buf = Vec::new();
             super::stamp(&mut buf, 9, 7, -3, &id);
