@@ -342,15 +342,25 @@ fn memoised<'m, H, const N: usize>(
     }
 }
 
-impl Handles {
-    fn counter<const N: usize>(
-        &mut self,
-        name: &'static str,
-        labels: [(&'static str, &str); N],
-    ) -> &Counter {
-        memoised(&mut self.counters, name, labels, |n, l| counter!(n, l))
+/// A handle by its series number (`id`), taken from the memo by label strings the first time;
+/// by the strings alone when the series has no number.
+fn numbered<'m, H: Clone, const N: usize>(
+    by_id: &'m mut HashMap<u64, H>,
+    memo: &'m mut HashMap<SeriesKey, H>,
+    id: Option<u64>,
+    name: &'static str,
+    labels: [(&'static str, &str); N],
+    register: impl FnOnce(&'static str, Vec<Label>) -> H,
+) -> &'m H {
+    match id {
+        Some(id) => by_id
+            .entry(id)
+            .or_insert_with(|| memoised(memo, name, labels, register).clone()),
+        None => memoised(memo, name, labels, register),
     }
+}
 
+impl Handles {
     fn histogram<const N: usize>(
         &mut self,
         name: &'static str,
@@ -359,24 +369,22 @@ impl Handles {
         memoised(&mut self.histograms, name, labels, |n, l| histogram!(n, l))
     }
 
-    /// [`Handles::counter`] found by its [`series_id`] when it has one.
+    /// A counter found by its [`series_id`] when it has one, else by its label strings.
     fn counter_by<const N: usize>(
         &mut self,
         id: Option<u64>,
         name: &'static str,
         labels: [(&'static str, &str); N],
     ) -> &Counter {
-        let Some(id) = id else {
-            return self.counter(name, labels);
-        };
-        let Handles {
-            counters,
-            counters_by_id,
-            ..
-        } = self;
-        counters_by_id
-            .entry(id)
-            .or_insert_with(|| memoised(counters, name, labels, |n, l| counter!(n, l)).clone())
+        let register = |n, l| counter!(n, l);
+        numbered(
+            &mut self.counters_by_id,
+            &mut self.counters,
+            id,
+            name,
+            labels,
+            register,
+        )
     }
 
     /// [`Handles::histogram`] found by its [`series_id`] when it has one.
@@ -386,17 +394,15 @@ impl Handles {
         name: &'static str,
         labels: [(&'static str, &str); N],
     ) -> &Histogram {
-        let Some(id) = id else {
-            return self.histogram(name, labels);
-        };
-        let Handles {
-            histograms,
-            histograms_by_id,
-            ..
-        } = self;
-        histograms_by_id
-            .entry(id)
-            .or_insert_with(|| memoised(histograms, name, labels, |n, l| histogram!(n, l)).clone())
+        let register = |n, l| histogram!(n, l);
+        numbered(
+            &mut self.histograms_by_id,
+            &mut self.histograms,
+            id,
+            name,
+            labels,
+            register,
+        )
     }
 
     fn survey(
