@@ -168,19 +168,22 @@ pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full("cx_survey_score".into()), &SCORES)
-                })
-                .expect("bucket lists are non-empty")
-                .build_recorder();
+            let recorder = recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first (then ours just renders empty).
             let _ = metrics::set_global_recorder(recorder);
             handle
         })
         .clone()
+}
+
+/// A Prometheus recorder with our histogram buckets.
+fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("cx_survey_score".into()), &SCORES))
+        .expect("bucket lists are non-empty")
+        .build_recorder()
 }
 
 /// The bounded sets output labels come from: free-form segment values mapped onto the
@@ -208,7 +211,12 @@ impl Labels {
     }
 
     pub fn segment<'a>(&'a self, s: &str) -> &'a str {
-        match self.segment_number(s) {
+        self.segment_name(self.segment_number(s))
+    }
+
+    /// The label of a [`Labels::segment_number`].
+    fn segment_name(&self, n: u64) -> &str {
+        match n {
             0 => "unknown",
             1 => "other",
             n => &self.segments[n as usize - 2],
@@ -229,23 +237,39 @@ impl Labels {
 
     /// A journey's number (0 for none, the empty name) and its steps; `None` for a name the
     /// config does not have (state written under another config).
-    fn journey(&self, name: &str) -> Option<(u64, &[CompactString])> {
+    fn journey(&self, name: &str) -> Option<Known<'_>> {
         if name.is_empty() {
-            return Some((0, &[]));
+            return Some(Known {
+                number: 0,
+                steps: &[],
+            });
         }
-        self.journeys
-            .get(name)
-            .map(|(n, steps)| (*n, steps.as_slice()))
+        self.journeys.get(name).map(|(number, steps)| Known {
+            number: *number,
+            steps,
+        })
     }
 }
 
-/// A step's number among its journey's steps (from 1; 0 for none, the empty name), `None`
-/// for a name that is not one of them.
-fn step_number(steps: &[CompactString], step: &str) -> Option<u64> {
-    if step.is_empty() {
-        return Some(0);
+/// A journey of the config, as [`Labels::journey`] numbers it.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    number: u64,
+    steps: &'a [CompactString],
+}
+
+impl Known<'_> {
+    /// A step's number among the journey's steps (from 1; 0 for none, the empty name),
+    /// `None` for a name that is not one of them.
+    fn step(&self, step: &str) -> Option<u64> {
+        if step.is_empty() {
+            return Some(0);
+        }
+        self.steps
+            .iter()
+            .position(|s| s == step)
+            .map(|i| i as u64 + 1)
     }
-    steps.iter().position(|s| s == step).map(|i| i as u64 + 1)
 }
 
 /// The per-output metrics, numbered for [`series_id`].
@@ -496,10 +520,10 @@ impl ShardMetrics {
                     h.counter_by(id, "cx_alerts_total", labels).increment(1);
                     if a.kind == AlertKind::Friction {
                         let journey = self.labels.journey(&a.journey);
-                        let step = journey.and_then(|(_, steps)| step_number(steps, &a.step));
+                        let step = journey.and_then(|j| j.step(&a.step));
                         let id = series_id(
                             Metric::Friction,
-                            [journey.map(|j| j.0), Some(a.alert_type as u64), step],
+                            [journey.map(|j| j.number), Some(a.alert_type as u64), step],
                         );
                         let labels = [
                             ("journey", or_none(&a.journey)),
@@ -513,8 +537,7 @@ impl ShardMetrics {
                 Output::Journey(j) => {
                     let name = j.journey.as_str();
                     let known = self.labels.journey(name);
-                    let number = known.map(|k| k.0);
-                    let steps = known.map_or(&[][..], |k| k.1);
+                    let number = known.map(|k| k.number);
                     let outcome = j.outcome;
                     let had_friction = j.friction.iter().any(|f| f.kind() == AlertKind::Friction);
                     if j.revision == 1 {
@@ -524,7 +547,7 @@ impl ShardMetrics {
                             [
                                 number,
                                 Some(outcome as u64),
-                                known.and_then(|_| step_number(steps, &j.furthest_step)),
+                                known.and_then(|k| k.step(&j.furthest_step)),
                                 Some(segment),
                             ],
                         );
@@ -532,7 +555,7 @@ impl ShardMetrics {
                             ("journey", name),
                             ("outcome", outcome.as_str()),
                             ("step", j.furthest_step.as_str()),
-                            ("segment", self.labels.segment(&j.segment)),
+                            ("segment", self.labels.segment_name(segment)),
                         ];
                         h.counter_by(id, "cx_journeys_ended_total", labels)
                             .increment(1);
@@ -543,7 +566,7 @@ impl ShardMetrics {
                             .record(secs);
                         for st in &j.steps {
                             if let Some(s) = st.seconds {
-                                let step = known.and_then(|_| step_number(steps, &st.step));
+                                let step = known.and_then(|k| k.step(&st.step));
                                 let id = series_id(Metric::StepDuration, [number, step]);
                                 let labels = [("journey", name), ("step", st.step.as_str())];
                                 h.histogram_by(id, "cx_journey_step_duration_seconds", labels)
@@ -930,13 +953,7 @@ mod tests {
         );
         let segments = ["consumer".to_string()];
         let render = |catalog: &Catalog| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full("cx_survey_score".into()), &SCORES)
-                })
-                .unwrap()
-                .build_recorder();
+            let recorder = recorder();
             let handle = recorder.handle();
             let ids = metrics::with_local_recorder(&recorder, || {
                 let mut m = ShardMetrics::new("events", 0, Labels::new(&segments, catalog));
